@@ -1,0 +1,117 @@
+"""The retraining flow: new traces in → drift check → validate → label → rebalance → train per hardware
+(``.map``) → evaluate → gate → release → version with DVC.
+
+Run once:      python -m flows.retrain --new-traces path/to/batch
+Schedule it:   python -m flows.deploy   (serves the flow with the cron schedule from params.yaml)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact
+
+from molerd import pipeline
+from tasks import stages
+
+
+def _summary_markdown(summary: dict) -> str:
+    lines = ["# MoLE-RD retraining run", ""]
+    for key in ("decision", "version", "current", "release_dir", "report", "reason"):
+        if summary.get(key) is not None:
+            lines.append(f"- **{key}**: {summary[key]}")
+    if summary.get("drift"):
+        lines += ["", "## Drift", "", f"retrain needed: {summary['drift'].get('retrain_needed')}",
+                  *[f"- {r}" for r in summary["drift"].get("reasons", [])]]
+    if summary.get("gate"):
+        lines += ["", "## Gate", "", *[f"- {r}" for r in summary["gate"].get("reasons", [])]]
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="molerd-retrain", log_prints=True)
+def retrain(
+    root: str = ".",
+    params_path: str = "params.yaml",
+    new_traces: str | None = None,
+    synthesize_default: bool = False,
+    force: bool = False,
+    dvc_version: bool = False,
+    dvc_push: bool = False,
+) -> dict:
+    """Retrain when new traces arrive and promote a release only if it beats the current one.
+
+    Parameters
+    ----------
+    root : the project checkout (holds params.yaml, data/, dvc.yaml).
+    new_traces : a folder of new runs; it is copied to ``data/raw/<name>`` and drift-checked first.
+    synthesize_default : (re)generate the embedded default data before training.
+    force : retrain even when the drift check says it is not needed.
+    dvc_version : ``dvc add`` the new batch and ``dvc commit`` the stages' outputs into dvc.lock.
+    dvc_push : also ``dvc push`` to the configured remote.
+    """
+    logger = get_run_logger()
+    root_p = Path(root).resolve()
+    params = pipeline.load_params(root_p / params_path)
+    layout = pipeline.Layout(root_p)
+    summary: dict = {}
+    batch_dir = None
+    if new_traces:
+        src = Path(new_traces)
+        batch_dir = layout.raw / src.name
+        if batch_dir.resolve() != src.resolve():
+            if batch_dir.exists():
+                raise FileExistsError(f"{batch_dir} already exists: name the new batch differently")
+            shutil.copytree(src, batch_dir)
+        if layout.labelled.exists():
+            summary["drift"] = stages.drift_check(params, layout, batch_dir)
+            if not summary["drift"]["retrain_needed"] and not force:
+                summary.update(decision="no retrain needed", reason="drift and error below the thresholds")
+                logger.info("no retrain needed: %s", json.dumps(summary["drift"].get("reasons", [])))
+                create_markdown_artifact(_summary_markdown(summary), key="molerd-retrain-summary")
+                return summary
+    if synthesize_default:
+        stages.synthesize(params, layout.default_raw)
+    inputs = [layout.root / p for p in (params.get("validate") or {}).get("inputs", ["data/raw"])]
+    summary["validation"] = stages.validate(params, inputs, layout.validated)
+    summary["label"] = stages.label(params, layout.validated, layout.labelled)
+    summary["rebalance"] = stages.rebalance(params, layout.labelled, layout.balanced)
+    hardware = [h for h in params["base"]["hardware"]]
+    trained = stages.train.map(hardware, unmapped(params), unmapped(layout.labelled), unmapped(layout.balanced),
+                               unmapped(layout.models))
+    summary["train"] = [t for t in trained.result()]
+    summary["evaluate"] = stages.evaluate(params, layout)
+    summary["gate"] = stages.gate(params, layout)
+    rel = stages.release(params, layout)
+    summary.update(rel)
+    if dvc_version:
+        if batch_dir is not None:
+            stages.dvc(["add", str(batch_dir.relative_to(root_p))], root_p)
+        stages.dvc(["commit", "-f"], root_p)
+        if dvc_push:
+            stages.dvc(["push"], root_p)
+    logger.info("decision: %s; current release: %s", summary.get("decision"), summary.get("current"))
+    create_markdown_artifact(_summary_markdown(summary), key="molerd-retrain-summary")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Run the MoLE-RD retraining flow once.")
+    ap.add_argument("--root", default=".")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--new-traces", default=None)
+    ap.add_argument("--synthesize-default", action="store_true")
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--dvc-version", action="store_true")
+    ap.add_argument("--dvc-push", action="store_true")
+    a = ap.parse_args(argv)
+    out = retrain(root=a.root, params_path=a.params, new_traces=a.new_traces, synthesize_default=a.synthesize_default,
+                  force=a.force, dvc_version=a.dvc_version, dvc_push=a.dvc_push)
+    print(json.dumps({k: out.get(k) for k in ("decision", "version", "current", "release_dir", "report")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+module molerd/blisbackend
+
+go 1.22

@@ -1,0 +1,64 @@
+"""``molerd report``: the release report (HTML + Markdown + PNGs) and the CSVs ``dvc plots`` draws."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``report`` command to the ``molerd`` app."""
+
+    @app.command("report")
+    def report(
+        eval_dir: Optional[Path] = typer.Argument(None, help="Evaluate stage output (metrics.json, gate.json, "
+                                                  "predictions.parquet, coverage.json, sweep.parquet)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (index.html, report.md, img/)."),
+        release: Optional[str] = typer.Option(None, "--release", help="Report on data/releases/VERSION; writes "
+                                              "its report/ folder."),
+        plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write the dvc plots CSVs here."),
+        thresholds: Optional[str] = typer.Option(None, "--thresholds", help="JSON object axis -> list of values, or "
+                                                 "target -> axis -> list; overrides gate.json."),
+        gate: Optional[Path] = typer.Option(None, "--gate", help="gate.json to show when it is not in EVAL_DIR "
+                                            "(default: EVAL_DIR/gate.json, else EVAL_DIR/../gate/gate.json)."),
+        title: Optional[str] = typer.Option(None, "--title", help="Page title."),
+        max_points: int = typer.Option(4000, "--max-points", min=1, help="Scatter points per target."),
+        seed: int = typer.Option(0, "--seed", help="Subsampling seed."),
+        strict: bool = typer.Option(False, "--strict", help="Fail on an unusable optional input instead of "
+                                    "noting it in the report."),
+    ) -> None:
+        """Build the static release report (no JavaScript, nothing from the network)."""
+        from molerd import report as rep
+
+        if (eval_dir is None) == (release is None):
+            raise typer.BadParameter("give exactly one of EVAL_DIR or --release VERSION")
+        thr = None
+        if thresholds:
+            try:
+                thr = json.loads(thresholds)
+            except json.JSONDecodeError as exc:
+                raise typer.BadParameter(f"--thresholds is not valid JSON: {exc.msg}") from exc
+        kwargs = {"thresholds": thr, "max_points": max_points, "seed": seed, "strict": strict, "gate_path": gate}
+        if title:
+            kwargs["title"] = title
+        try:
+            if release is not None:
+                if out is not None:
+                    raise typer.BadParameter("--out cannot be combined with --release (it writes <release>/report)")
+                index = rep.build_release_report(release, **kwargs)
+                source = rep.release_dir(release)
+            else:
+                if out is None:
+                    raise typer.BadParameter("--out DIR is required with EVAL_DIR")
+                index = rep.build_report(eval_dir, out, **kwargs)
+                source = eval_dir
+            if plots_dir is not None:
+                written = rep.write_dvc_plots(source, plots_dir, seed=seed)
+                typer.echo(f"dvc plots: {', '.join(sorted(p.name for p in written.values()))} in {plots_dir}")
+        except rep.ReportInputError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        typer.echo(f"report: {index}")

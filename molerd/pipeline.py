@@ -1,0 +1,666 @@
+"""The pipeline's stages as plain functions over files.
+
+``dvc.yaml`` runs each one through ``molerd stage <name>`` and the Prefect flows call them as tasks: the logic
+of every stage exists once, here. A stage reads only its declared inputs, rewrites its outputs completely
+(never appends) and is deterministic for the same data, params and seed. Paths come from :class:`Layout`, the
+one place that names where each stage writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("beta", "alpha")
+TABLE_OF = {"beta": "steps", "alpha": "requests"}
+PRED_MODELS = ("candidate", "champion", "blis_block", "blackbox", "gbm", "union_ridge")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Params and paths
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_params(path: Path | str = "params.yaml") -> dict:
+    """Read ``params.yaml``; a missing file is an error that names it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"params file {path} not found; run from the project root or pass --params")
+    params = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(params).__name__}")
+    return params
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every stage reads and writes, relative to the project root (dvc.yaml uses the same paths)."""
+
+    root: Path = Path(".")
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def default_raw(self) -> Path:
+        return self.raw / "default"
+
+    @property
+    def validated(self) -> Path:
+        return self.root / "data" / "processed" / "validated"
+
+    @property
+    def labelled(self) -> Path:
+        return self.root / "data" / "processed" / "labelled"
+
+    @property
+    def balanced(self) -> Path:
+        return self.root / "data" / "processed" / "balanced"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "data" / "models"
+
+    def model_dir(self, hardware: str) -> Path:
+        return self.models / hardware
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "data" / "eval"
+
+    @property
+    def gate(self) -> Path:
+        return self.root / "data" / "gate"
+
+    @property
+    def releases(self) -> Path:
+        return self.root / "data" / "releases"
+
+    @property
+    def release_summary(self) -> Path:
+        return self.root / "data" / "release_summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        """Small JSON metrics files DVC keeps in git (``dvc metrics diff``)."""
+        return self.root / "data" / "metrics"
+
+    @property
+    def plots(self) -> Path:
+        """CSV series for ``dvc plots``."""
+        return self.root / "data" / "plots"
+
+
+def _fresh_dir(path: Path) -> Path:
+    """Rewrite a stage's output directory completely (DVC's rule: never append to an output)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return o.as_posix()
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _deep_update(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in (over or {}).items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_table(directory: Path, name: str) -> pd.DataFrame:
+    path = directory / f"{name}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the stage that writes it first")
+    return pd.read_parquet(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------------------
+
+
+def synthesize(params: dict, out_dir: Path) -> dict:
+    """Default data: synthesize vLLM OTEL traces from real kernel timings (``synth`` section)."""
+    from molerd import synth
+
+    sp = dict(params.get("synth") or {})
+    preset = sp.pop("preset", "default")
+    config = _deep_update(synth.default_config(preset), sp)
+    out_dir = _fresh_dir(Path(out_dir))
+    runs = synth.synthesize(config, out_dir, seed=int(params["base"]["seed"]))
+    summary = {"preset": preset, "runs": len(runs), "out": out_dir.as_posix()}
+    log.info("synthesized %d runs into %s", len(runs), out_dir)
+    return summary
+
+
+def validate(params: dict, inputs: list[Path], out_dir: Path, progress: bool = False) -> dict:
+    """Ingest every input and split it into accepted rows and a quarantine (``validate`` section)."""
+    from molerd.validate import validate_inputs
+
+    vp = params.get("validate") or {}
+    fmt = vp.get("format", "auto")
+    out_dir = _fresh_dir(Path(out_dir))
+    return validate_inputs([Path(p) for p in inputs], out_dir, None if fmt in (None, "auto") else fmt,
+                           progress=progress)
+
+
+def _rule_regimes(table: pd.DataFrame, target: str, thresholds: dict) -> np.ndarray:
+    from molerd import features as F
+    from molerd.regimes import RuleDetector
+
+    if len(table) == 0:
+        return np.array([], dtype=object)
+    det = RuleDetector(target, thresholds or None, 0.0).fit()
+    return det.predict(F.gate_inputs(table, target))
+
+
+def label_thresholds(params: dict, target: str) -> dict:
+    """The seed-rule thresholds of ``label`` in the names ``molerd.regimes`` uses."""
+    from molerd.regimes import threshold_names
+
+    lp = (params.get("label") or {}).get(target) or {}
+    names = set(threshold_names(target))
+    unknown = set(lp) - names
+    if unknown:
+        raise ValueError(f"params.yaml label.{target}: unknown threshold(s) {sorted(unknown)}; valid: {sorted(names)}")
+    return {k: float(v) for k, v in lp.items()}
+
+
+def label(params: dict, validated_dir: Path, out_dir: Path) -> dict:
+    """Label each row with its regime (the seed's rules, ``label`` thresholds) and assign whole runs to
+    train or test per (hardware, model, tp) scope; write the regime coverage report."""
+    from molerd.coverage import coverage_report
+    from molerd.evaluate import split_by_run
+    from molerd.rebalance import regime_counts
+    from molerd import features as F
+
+    lp = params.get("label") or {}
+    seed = int(params["base"]["seed"])
+    tables = {t: _read_table(Path(validated_dir), t) for t in ("steps", "requests")}
+    runs = pd.concat([tables[t][["trace_id", *F.SCOPE_KEY]] for t in tables], ignore_index=True)
+    runs = runs.drop_duplicates("trace_id").sort_values("trace_id").reset_index(drop=True)
+    _, test_mask = split_by_run(runs, float(lp.get("test_fraction", 0.25)), seed)
+    test_ids = set(runs.loc[test_mask, "trace_id"].astype(str))
+    out_dir = _fresh_dir(Path(out_dir))
+    counts = []
+    for target in TARGETS:
+        name = TABLE_OF[target]
+        df = tables[name].copy()
+        df["regime"] = _rule_regimes(df, target, label_thresholds(params, target))
+        df["split"] = np.where(df["trace_id"].astype(str).isin(test_ids), "test", "train")
+        df.to_parquet(out_dir / f"{name}.parquet", index=False)
+        c = regime_counts(df, "regime", by=("hardware",), regimes=list(F.REGIMES[target]))
+        c.insert(1, "target", target)
+        counts.append(c)
+    counts_df = pd.concat(counts, ignore_index=True)
+    min_rows = int(lp.get("coverage_min_rows", 200))
+    cov = {}
+    md = ["# Regime coverage\n"]
+    for target in TARGETS:
+        sub = counts_df[counts_df["target"] == target].drop(columns="target")
+        rep = coverage_report(sub, min_rows, lp, regimes=list(F.REGIMES[target]))
+        cov[target] = rep.to_dict()
+        md.append(f"## {target}\n\n{rep.to_markdown()}\n")
+    coverage = {
+        "counts": counts_df.to_dict(orient="records"),
+        "missing": [m for t in TARGETS for m in cov[t].get("missing", [])],
+        "report": cov,
+        "test_runs": sorted(test_ids),
+        "train_runs": sorted(set(runs["trace_id"].astype(str)) - test_ids),
+    }
+    write_json(out_dir / "coverage.json", coverage)
+    (out_dir / "coverage.md").write_text("\n".join(md))
+    return {"test_runs": len(test_ids), "runs": len(runs), "missing": len(coverage["missing"])}
+
+
+
+def rebalance(params: dict, labelled_dir: Path, out_dir: Path) -> dict:
+    """Bring rare regimes of the TRAINING rows up (weights or resampling, ``rebalance`` section); test rows
+    are never read here, so they can never leak into training."""
+    from molerd import features as F
+    from molerd.rebalance import rebalance as rebalance_rows
+
+    rp = params.get("rebalance") or {}
+    seed = int(params["base"]["seed"])
+    out_dir = _fresh_dir(Path(out_dir))
+    reports, md = {}, ["# Rebalancing of rare regimes (training rows only)\n"]
+    for target in TARGETS:
+        name = TABLE_OF[target]
+        df = _read_table(Path(labelled_dir), name)
+        train = df[df["split"] == "train"].reset_index(drop=True)
+        res = rebalance_rows(
+            train, "regime", method=rp.get("method", "weights"), target_share=rp.get("target_share"),
+            min_rows=rp.get("min_rows"), max_weight=float(rp.get("max_weight", 10.0)), seed=seed,
+            by=tuple(rp.get("by", ("hardware",))), regimes=list(F.REGIMES[target]), split_col="split",
+        )
+        frame = res.frame.copy()
+        frame["sample_weight"] = res.sample_weight
+        frame.to_parquet(out_dir / f"{name}_train.parquet", index=False)
+        reports[target] = res.report.to_dict()
+        md.append(f"## {target} ({name})\n\n{res.report.to_markdown()}")
+    write_json(out_dir / "rebalance_report.json", reports)
+    (out_dir / "rebalance_report.md").write_text("\n".join(md))
+    return {t: {"rows_in": reports[t]["rows_in"], "rows_out": reports[t]["rows_out"]} for t in TARGETS}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training (one hardware at a time: `train@<hw>` in DVC, `.map` in Prefect)
+# ---------------------------------------------------------------------------------------------------------
+
+STATE_COLUMNS = ("kv_usage_ratio", "waiting_depth")
+
+
+def _targets(df: pd.DataFrame, target: str, alpha_kind: str) -> np.ndarray:
+    from molerd.evaluate import target_values
+
+    return target_values(df, target, alpha_kind)
+
+
+def _usable(y: np.ndarray) -> np.ndarray:
+    return np.isfinite(y) & (y > 0)
+
+
+def _scopes(df: pd.DataFrame) -> list[tuple[str, str, int]]:
+    keys = df[["hardware", "model", "tp"]].drop_duplicates().astype({"hardware": str, "model": str, "tp": int})
+    return sorted(keys.itertuples(index=False, name=None))
+
+
+def _in_scope(df: pd.DataFrame, scope: tuple[str, str, int]) -> pd.DataFrame:
+    h, m, t = scope
+    sel = (df["hardware"].astype(str) == h) & (df["model"].astype(str) == m) & (df["tp"].astype(int) == t)
+    return df.loc[sel].reset_index(drop=True)
+
+
+def scope_name(scope: tuple[str, str, int]) -> str:
+    """A scope's name in releases and reports: ``<hardware>/<model>/tp<k>``."""
+    return f"{scope[0]}/{scope[1]}/tp{scope[2]}"
+
+
+def build_models(params: dict, target: str) -> dict:
+    """Unfitted candidate and baselines for ``target`` from the ``train`` section."""
+    from molerd.baseline import BlackboxAlpha, BlackboxBeta, GBMCeiling, LittlesLawAlpha, UnionRidge
+    from molerd.mixture import MoLERegressor
+
+    tp_ = params.get("train") or {}
+    seed = int(params["base"]["seed"])
+    est = dict(tp_.get("estimator") or {})
+    est.update(tp_.get(target) or {})
+    est.pop("alpha_targets", None)
+    models = {
+        "candidate": MoLERegressor(target=target, random_state=seed, **est),
+        "blackbox": BlackboxBeta() if target == "beta" else BlackboxAlpha(),
+        "union_ridge": UnionRidge(target=target, feature_set=est.get("feature_set", "physics")),
+        "gbm": GBMCeiling(target=target, random_state=seed, **(tp_.get("gbm") or {})),
+    }
+    if target == "alpha":
+        models["littles_law"] = LittlesLawAlpha()
+    return models
+
+
+def alpha_kinds(params: dict) -> list[str]:
+    """The alpha targets to fit: the first is gated; every one is fitted and labelled."""
+    kinds = ((params.get("train") or {}).get("alpha") or {}).get("alpha_targets") or ["scheduled_minus_queued"]
+    return list(kinds)
+
+
+def _prediction_frame(test: pd.DataFrame, target: str, y: np.ndarray) -> pd.DataFrame:
+    from molerd import features as F
+
+    g = F.gate_inputs(test, target)
+    out = pd.DataFrame({
+        "target": target,
+        "hardware": test["hardware"].astype(str).to_numpy(),
+        "model": test["model"].astype(str).to_numpy(),
+        "tp": test["tp"].astype(int).to_numpy(),
+        "trace_id": test["trace_id"].astype(str).to_numpy(),
+        "row_key": (test["step_id"] if target == "beta" else test["request_id"]).astype(str).to_numpy(),
+        "regime": test["regime"].astype(str).to_numpy(),
+        "y_true": y,
+        "kv_usage_ratio": test["kv_usage_ratio"].to_numpy(dtype="float64", na_value=np.nan),
+        "waiting_depth": test["waiting_depth"].to_numpy(dtype="float64", na_value=np.nan),
+        "prefill_ratio": (g["prefill_ratio"].to_numpy(dtype="float64", na_value=np.nan)
+                          if "prefill_ratio" in g else np.nan),
+    })
+    return out
+
+
+def hard_and_soft(est, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions of one fitted MoLE estimator with its soft gate and with the zero-width (hard) gate."""
+    from molerd import features as F
+
+    Xf, G = est._features(rows)
+    P = est._expert_matrix(est.experts_, Xf, est.feature_names_)
+    return est._mix(est._hard(G), P, Xf, est.feature_names_), est._mix(est.detector_.weights(G), P, Xf,
+                                                                          est.feature_names_)
+
+
+def transition_sweep(est, rows: pd.DataFrame, target: str, n_grid: int = 101) -> pd.DataFrame:
+    """Prediction along kv_usage_ratio and prefill_ratio (beta) sweeps, hard vs soft gate, for the report."""
+    from molerd.regimes import _set_gate_input
+
+    base = rows.iloc[[len(rows) // 2]].reset_index(drop=True)
+    axes = {"kv_usage_ratio": np.linspace(0.5, 1.0, n_grid)}
+    if target == "beta":
+        axes["prefill_ratio"] = np.linspace(0.0, 1.0, n_grid)
+        base = _set_gate_input(base, "prefill_ratio", 0.5)
+    parts = []
+    for axis, grid in axes.items():
+        sweep = pd.concat([_set_gate_input(base, axis, float(v)) for v in grid], ignore_index=True)
+        hard, soft = hard_and_soft(est, sweep)
+        parts.append(pd.DataFrame({"target": target, "axis": axis, "x": grid, "pred_hard": hard, "pred_soft": soft}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _fit_target(params: dict, target: str, train: pd.DataFrame, test: pd.DataFrame, kind: str,
+                with_baselines: bool) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None, dict]:
+    """Fit the candidate (and baselines) for one scope and target; predictions for its test rows."""
+    y = _targets(train, target, kind)
+    ok = _usable(y)
+    tr = train.loc[ok].reset_index(drop=True)
+    w = tr["sample_weight"].to_numpy(dtype="float64") if "sample_weight" in tr else None
+    models = build_models(params, target)
+    if not with_baselines:
+        models = {"candidate": models["candidate"]}
+    for m in models.values():
+        m.fit(tr, y[ok], sample_weight=w)
+    cand = models["candidate"]
+    info = {"alpha_target": kind if target == "alpha" else None, "train_rows": int(ok.sum()),
+            "dropped_rows": int((~ok).sum()),
+            "regimes": cand.regime_report_.to_dict(orient="records"),
+            "dropped_features": dict(cand.dropped_features_)}
+    if len(test) == 0:
+        return cand.to_spec(), None, None, info
+    yte = _targets(test, target, kind)
+    okte = _usable(yte)
+    te = test.loc[okte].reset_index(drop=True)
+    if len(te) == 0:
+        return cand.to_spec(), None, None, info
+    pf = _prediction_frame(te, target, yte[okte])
+    for name, m in models.items():
+        pf[f"pred_{name}"] = m.predict(te)
+    from molerd.evaluate import summarize
+
+    info["test_rows"] = int(len(te))
+    info["test"] = {name: summarize(pf["y_true"], pf[f"pred_{name}"]) for name in models}
+    return cand.to_spec(), pf, transition_sweep(cand, te, target), info
+
+
+def train(params: dict, hardware: str, labelled_dir: Path, balanced_dir: Path, out_dir: Path) -> dict:
+    """Fit, for every (model, tp) scope of one hardware: the MoLE-RD beta and alpha candidates, the baselines
+    and the BLIS block; write their specs (``model.json``), held-out predictions and gate sweeps."""
+    from molerd.blis import fit_blis_block, predict_step_time
+
+    kinds = alpha_kinds(params)
+    tables = {}
+    for target in TARGETS:
+        name = TABLE_OF[target]
+        tr = _read_table(Path(balanced_dir), f"{name}_train")
+        te = _read_table(Path(labelled_dir), name)
+        tables[target] = (tr[tr["hardware"].astype(str) == hardware].reset_index(drop=True),
+                          te[(te["hardware"].astype(str) == hardware) & (te["split"] == "test")].reset_index(drop=True))
+    out_dir = _fresh_dir(Path(out_dir))
+    scopes = sorted(set(_scopes(tables["beta"][0])) | set(_scopes(tables["alpha"][0])))
+    specs, preds, sweeps, report = {}, [], [], {}
+    for scope in scopes:
+        sname = scope_name(scope)
+        entry: dict[str, Any] = {"hardware": scope[0], "model": scope[1], "tp": scope[2]}
+        rep: dict[str, Any] = {}
+        st_tr, st_te = (_in_scope(t, scope) for t in tables["beta"])
+        rq_tr, rq_te = (_in_scope(t, scope) for t in tables["alpha"])
+        try:
+            entry["beta"], pf, sw, rep["beta"] = _fit_target(params, "beta", st_tr, st_te, "", True)
+            block = fit_blis_block(st_tr[_usable(_targets(st_tr, "beta", ""))], rq_tr)
+            entry["blis"] = block.to_dict()
+            if pf is not None:
+                te = st_te[_usable(_targets(st_te, "beta", ""))].reset_index(drop=True)
+                pf["pred_blis_block"] = predict_step_time(block, te)
+                preds.append(pf)
+                sweeps.append(sw.assign(scope=sname))
+        except ValueError as exc:  # too few rows for this scope: reported, never silently dropped
+            rep["beta"] = {"skipped": str(exc)}
+        entry["alpha"] = {}
+        for i, kind in enumerate(kinds):
+            key = "alpha" if i == 0 else f"alpha_{kind}"
+            try:
+                spec, pf, sw, rep[key] = _fit_target(params, "alpha", rq_tr, rq_te, kind, i == 0)
+                entry["alpha"][kind] = spec
+                if i == 0 and pf is not None:
+                    pf["pred_blis_block"] = np.nan
+                    preds.append(pf)
+                    sweeps.append(sw.assign(scope=sname))
+            except ValueError as exc:
+                rep[key] = {"skipped": str(exc)}
+        specs[sname] = entry
+        report[sname] = rep
+    write_json(out_dir / "model.json", {"hardware": hardware, "alpha_targets": kinds, "scopes": specs})
+    write_json(out_dir / "train_report.json", report)
+    pred = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()
+    pred.to_parquet(out_dir / "predictions.parquet", index=False)
+    (pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()).to_parquet(out_dir / "sweep.parquet",
+                                                                                    index=False)
+    return {"hardware": hardware, "scopes": len(specs), "test_rows": int(len(pred))}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation, gate
+# ---------------------------------------------------------------------------------------------------------
+
+
+def metrics_summary(pred: pd.DataFrame) -> dict:
+    """``metrics.json``: per target, MAPE / median / p90 APE in percent of every ``pred_<model>`` column,
+    overall, per regime and per scope (``<hardware>/<model>/tp<k>``)."""
+    from molerd.evaluate import summarize
+
+    def block(df: pd.DataFrame) -> dict:
+        out = {}
+        for col in [c for c in df.columns if c.startswith("pred_")]:
+            p = df[col].to_numpy(dtype="float64", na_value=np.nan)
+            if not np.isfinite(p).any():
+                continue
+            s = summarize(df["y_true"].to_numpy(dtype="float64"), p)
+            out[col[5:]] = {"n": s["n"], **{k: 100.0 * s[k] for k in ("mape", "median_ape", "p90_ape")}}
+        return out
+
+    metrics = {}
+    for target in TARGETS:
+        df = pred[pred["target"] == target] if len(pred) else pred
+        if len(df) == 0:
+            continue
+        scope = df["hardware"] + "/" + df["model"] + "/tp" + df["tp"].astype(str)
+        metrics[target] = {
+            "overall": block(df),
+            "per_regime": {r: block(g) for r, g in df.groupby("regime", sort=True)},
+            "per_scope": {s: block(g) for s, g in df.groupby(scope, sort=True)},
+        }
+    return metrics
+
+
+def _round_floats(obj: Any, digits: int = 6) -> Any:
+    if isinstance(obj, dict):
+        return {k: _round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round_floats(v, digits) for v in obj]
+    if isinstance(obj, float):
+        return round(obj, digits) if np.isfinite(obj) else None
+    return obj
+
+
+def _test_rows(layout: Layout, target: str) -> pd.DataFrame:
+    df = _read_table(layout.labelled, TABLE_OF[target])
+    df = df[df["split"] == "test"].copy()
+    df["row_key"] = (df["step_id"] if target == "beta" else df["request_id"]).astype(str)
+    return df
+
+
+def current_champion(layout: Layout):
+    """The current release (``data/releases/current``), loaded and checked, or None if there is none."""
+    from molerd import registry
+    from molerd.release import load
+
+    version = registry.current_version(layout.releases)
+    if version is None:
+        return None
+    return load(layout.releases / version)
+
+
+def champion_predictions(layout: Layout, pred: pd.DataFrame) -> tuple[np.ndarray, dict]:
+    """Predictions of the current release on the held-out rows, through the reference predictor, from the
+    release file alone. Scopes the release does not cover (and every scope when there is no release yet) use
+    the BLIS blackbox baseline: the incumbent single linear model."""
+    out = pred["pred_blackbox"].to_numpy(dtype="float64").copy()
+    rel = current_champion(layout)
+    info = {"champion": rel.version if rel is not None else "blis-blackbox baseline", "scopes_from_release": [],
+            "scopes_from_blackbox": []}
+    for target in TARGETS:
+        sel_t = (pred["target"] == target).to_numpy()
+        if not sel_t.any():
+            continue
+        raw = _test_rows(layout, target).set_index(["trace_id", "row_key"])
+        for scope, idx in pred[sel_t].groupby(["hardware", "model", "tp"], sort=True).groups.items():
+            key = (str(scope[0]), str(scope[1]), int(scope[2]))
+            name = scope_name(key)
+            if rel is None or key not in rel.scopes or rel.scopes[key].get(target) is None:
+                info["scopes_from_blackbox"].append(f"{target}:{name}")
+                continue
+            rows = pred.loc[idx]
+            r = raw.loc[list(zip(rows["trace_id"], rows["row_key"]))].reset_index()
+            model = rel.model(target, key)
+            numeric = r[[c for c in model.raw_inputs if c in r.columns]].astype("float64")
+            pos = pred.index.get_indexer(idx)
+            out[pos] = model.predict(numeric, numeric).value
+            info["scopes_from_release"].append(f"{target}:{name}")
+    return out, info
+
+
+def evaluate(params: dict, layout: Layout) -> dict:
+    """Held-out (by run) predictions of the candidate, the champion and the baselines → ``data/eval``
+    (predictions, metrics, gate sweeps, coverage) and the DVC metrics and plots files."""
+    from molerd.report import write_dvc_plots
+
+    hw = [h for h in params["base"]["hardware"] if (layout.model_dir(h) / "predictions.parquet").exists()]
+    parts = [pd.read_parquet(layout.model_dir(h) / "predictions.parquet") for h in hw]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        raise ValueError("no held-out predictions: every scope lacked test runs (see data/processed/labelled/coverage.json)")
+    pred = pd.concat(parts, ignore_index=True)
+    pred["pred_champion"], champ = champion_predictions(layout, pred)
+    out = _fresh_dir(layout.eval)
+    pred.to_parquet(out / "predictions.parquet", index=False)
+    sweeps = [pd.read_parquet(layout.model_dir(h) / "sweep.parquet") for h in hw]
+    pd.concat([s for s in sweeps if len(s)], ignore_index=True).to_parquet(out / "sweep.parquet", index=False)
+    shutil.copy(layout.labelled / "coverage.json", out / "coverage.json")
+    metrics = _round_floats(metrics_summary(pred))
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "champion.json", champ)
+    # the DVC metrics file: the headline numbers only (dvc metrics diff stays readable)
+    head = {t: {m: v["mape"] for m, v in metrics[t]["overall"].items()} for t in metrics}
+    write_json(layout.metrics / "eval.json", {"mape_percent": head, "champion": champ["champion"],
+                                              "test_rows": {t: int((pred["target"] == t).sum()) for t in TARGETS}})
+    ep = params.get("evaluate") or {}
+    layout.plots.mkdir(parents=True, exist_ok=True)
+    write_dvc_plots(out, layout.plots, max_points=int(ep.get("plot_points", 2000)), seed=int(params["base"]["seed"]))
+    return {"test_rows": int(len(pred)), "champion": champ["champion"], "mape_percent": head}
+
+
+def gate(params: dict, layout: Layout) -> dict:
+    """Promote only if the candidate beats the champion on the same held-out rows (``gate`` section)."""
+    from molerd.gate import combine_gate_reports, gate_decision
+
+    gp = dict(params.get("gate") or {})
+    targets = list(gp.pop("targets", TARGETS))
+    pred = pd.read_parquet(layout.eval / "predictions.parquet")
+    champ = json.loads((layout.eval / "champion.json").read_text())
+    reports = {}
+    for target in targets:
+        df = pred[pred["target"] == target]
+        reports[target] = gate_decision(
+            df["y_true"].to_numpy(), df["pred_candidate"].to_numpy(), df["pred_champion"].to_numpy(),
+            (df["hardware"] + "/" + df["regime"]).to_numpy(), groups=df["trace_id"].to_numpy(),
+            seed=int(params["base"]["seed"]), label=f"{target} vs {champ['champion']}", **gp,
+        )
+    combined = combine_gate_reports(reports, required=targets)
+    doc = {"decision": "promote" if combined.promote else "reject", "champion": champ["champion"],
+           "combined": combined.to_dict(), "parts": {t: r.to_dict() for t, r in reports.items()},
+           "thresholds": {t: label_thresholds(params, t) for t in TARGETS}}
+    out = _fresh_dir(layout.gate)
+    write_json(out / "gate.json", doc)
+    (out / "gate.md").write_text(combined.to_markdown())
+    write_json(layout.metrics / "gate.json", {
+        "decision": doc["decision"], "champion": champ["champion"],
+        **{f"{t}_mape_candidate": doc["parts"][t].get("candidate_mape") for t in targets},
+        **{f"{t}_mape_champion": doc["parts"][t].get("champion_mape") for t in targets},
+    })
+    return {"decision": doc["decision"], "reasons": combined.to_dict().get("reasons", [])}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drift check of a new batch (before retraining)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def drift(params: dict, layout: Layout, batch_dir: Path) -> dict:
+    """Compare a new batch of traces with the training data: feature distributions, regime mix, and the
+    current release's step-time MAPE on it. Writes ``data/drift/<batch>.json`` and ``.md``."""
+    import tempfile
+
+    from molerd.drift import drift_check
+    from molerd.evaluate import summarize
+
+    dp = dict(params.get("drift") or {})
+    features = list(dp.pop("features"))
+    with tempfile.TemporaryDirectory() as tmp:
+        validate(params, [Path(batch_dir)], Path(tmp) / "validated")
+        batch = pd.read_parquet(Path(tmp) / "validated" / "steps.parquet")
+    batch["regime"] = _rule_regimes(batch, "beta", label_thresholds(params, "beta"))
+    reference = _read_table(layout.labelled, "steps")
+    reference = reference[reference["split"] == "train"]
+    current = None
+    rel = current_champion(layout)
+    if rel is not None and len(batch):
+        y, p = [], []
+        for scope, g in batch.groupby(["hardware", "model", "tp"], sort=True):
+            key = (str(scope[0]), str(scope[1]), int(scope[2]))
+            if key in rel.scopes and rel.scopes[key].get("beta") is not None:
+                m = rel.model("beta", key)
+                num = g[[c for c in m.raw_inputs if c in g.columns]].astype("float64")
+                p.append(m.predict(num, num).value)
+                y.append(g["step_duration_us"].to_numpy(dtype="float64"))
+        if y:
+            current = 100.0 * summarize(np.concatenate(y), np.concatenate(p))["mape"]
+    rep = drift_check(reference, batch, features, "regime", current_mape=current, **dp)
+    out = layout.root / "data" / "drift"
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(batch_dir).name
+    doc = rep.to_dict()
+    write_json(out / f"{name}.json", doc)
+    (out / f"{name}.md").write_text(rep.to_markdown())
+    return doc

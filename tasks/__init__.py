@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over ``molerd.pipeline`` stage functions (retries, logging, no logic)."""
