@@ -76,7 +76,7 @@ def retrain(
     if synthesize_default:
         stages.synthesize(params, layout.default_raw)
     inputs = [layout.root / p for p in (params.get("validate") or {}).get("inputs", ["data/raw"])]
-    summary["validation"] = stages.validate(params, inputs, layout.validated)
+    summary["validation"] = stages.validate(params, inputs, layout.validated, layout.metrics / "validation.json")
     summary["label"] = stages.label(params, layout.validated, layout.labelled)
     summary["rebalance"] = stages.rebalance(params, layout.labelled, layout.balanced)
     hardware = [h for h in params["base"]["hardware"]]

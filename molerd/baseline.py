@@ -21,7 +21,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from molerd import features as F
 from molerd.experts import DEFAULT_ALPHAS, fit_expert
-from molerd.mixture import mape
+from molerd.metrics import ape_floor, mape
+
+
+def _floor(given, target: str) -> float:
+    """The APE floor a baseline fits and scores with: the one given, else the metric's for ``target``."""
+    return float(given) if given is not None else ape_floor(target)
 
 
 def _cols(X: pd.DataFrame, cols) -> np.ndarray:
@@ -34,14 +39,18 @@ def _cols(X: pd.DataFrame, cols) -> np.ndarray:
 class _LinearOnColumns(RegressorMixin, BaseEstimator):
     columns: tuple[str, ...] = ()
 
-    def __init__(self, loss="relative", alphas=DEFAULT_ALPHAS):
+    target_key = "beta"
+
+    def __init__(self, loss="relative", alphas=DEFAULT_ALPHAS, ape_floor_us=None):
         self.loss = loss
         self.alphas = alphas
+        self.ape_floor_us = ape_floor_us
 
     def fit(self, X: pd.DataFrame, y, sample_weight=None):
         y = np.asarray(y, dtype="float64")
+        self.ape_floor_ = _floor(self.ape_floor_us, self.target_key)
         self.expert_ = fit_expert(_cols(X, self.columns), y, list(self.columns), sample_weight, self.loss,
-                                  self.alphas)
+                                  self.alphas, ape_floor=self.ape_floor_)
         pos = y[np.isfinite(y) & (y > 0)]
         self.floor_ = 0.5 * float(pos.min()) if len(pos) else 0.0
         return self
@@ -52,7 +61,7 @@ class _LinearOnColumns(RegressorMixin, BaseEstimator):
 
     def score(self, X, y, sample_weight=None):
         """Negative MAPE, like MoLERegressor."""
-        return -mape(y, self.predict(X))
+        return -mape(y, self.predict(X), self.ape_floor_)
 
     def coefficients(self) -> list[float]:
         """[intercept, coef...] in the column order of ``columns`` (BLIS blackbox order)."""
@@ -69,22 +78,27 @@ class BlackboxAlpha(_LinearOnColumns):
     """QueueingTime = α0 + α1·prompt_tokens (µs)."""
 
     columns = ("prompt_tokens",)
+    target_key = "alpha"
 
 
 class UnionRidge(RegressorMixin, BaseEstimator):
     """A single ridge on the union of all regimes' features of ``feature_set`` (one linear model)."""
 
-    def __init__(self, target="beta", feature_set="physics", loss="relative", alphas=DEFAULT_ALPHAS, positive=False):
+    def __init__(self, target="beta", feature_set="physics", loss="relative", alphas=DEFAULT_ALPHAS, positive=False,
+                 ape_floor_us=None):
         self.target = target
         self.feature_set = feature_set
         self.loss = loss
         self.alphas = alphas
         self.positive = positive
+        self.ape_floor_us = ape_floor_us
 
     def fit(self, X, y, sample_weight=None):
         Xf, names, self.dropped_features_ = F.feature_matrix(X, F.union_features(self.target, self.feature_set))
         y = np.asarray(y, dtype="float64")
-        self.expert_ = fit_expert(Xf, y, names, sample_weight, self.loss, self.alphas, self.positive)
+        self.ape_floor_ = _floor(self.ape_floor_us, self.target)
+        self.expert_ = fit_expert(Xf, y, names, sample_weight, self.loss, self.alphas, self.positive,
+                                  ape_floor=self.ape_floor_)
         self.median_ = float(np.nanmedian(y))
         pos = y[np.isfinite(y) & (y > 0)]
         self.floor_ = 0.5 * float(pos.min()) if len(pos) else 0.0
@@ -97,7 +111,7 @@ class UnionRidge(RegressorMixin, BaseEstimator):
         return np.maximum(np.where(np.isfinite(p), p, self.median_), self.floor_)
 
     def score(self, X, y, sample_weight=None):
-        return -mape(y, self.predict(X))
+        return -mape(y, self.predict(X), self.ape_floor_)
 
 
 class LittlesLawAlpha(RegressorMixin, BaseEstimator):
@@ -105,11 +119,13 @@ class LittlesLawAlpha(RegressorMixin, BaseEstimator):
 
     Rows without engine state (NaN inputs) get the training median target; ``n_no_state_`` counts them."""
 
-    def __init__(self, floor_us=1.0):
+    def __init__(self, floor_us=1.0, ape_floor_us=None):
         self.floor_us = floor_us
+        self.ape_floor_us = ape_floor_us
 
     def fit(self, X, y, sample_weight=None):
         y = np.asarray(y, dtype="float64")
+        self.ape_floor_ = _floor(self.ape_floor_us, "alpha")
         self.median_ = float(np.nanmedian(y))
         self.n_no_state_ = int(np.isnan(self._raw(X)).sum())
         return self
@@ -123,14 +139,23 @@ class LittlesLawAlpha(RegressorMixin, BaseEstimator):
         return np.maximum(np.where(np.isfinite(v), v, self.median_), self.floor_us)
 
     def score(self, X, y, sample_weight=None):
-        return -mape(y, self.predict(X))
+        return -mape(y, self.predict(X), self.ape_floor_)
 
 
 class GBMCeiling(RegressorMixin, BaseEstimator):
-    """HistGradientBoostingRegressor on log(y) over raw inputs, gate inputs and all catalog features."""
+    """HistGradientBoostingRegressor on log(y) over raw inputs, gate inputs and all catalog features.
 
-    def __init__(self, target="beta", max_iter=300, learning_rate=0.1, max_leaf_nodes=31, random_state=0):
+    ``loss="squared_error"`` (default) fits log(y) in least squares (the geometric mean); ``"absolute_error"``
+    with row weights 1/max(y, APE floor) makes it predict the weighted
+    conditional median, which is exactly what minimises MAPE (the median commutes with the log); for a heavy-tailed target
+    (queueing delays spread over orders of magnitude) that is far below the geometric mean which
+    ``"squared_error"`` on log(y) gives, and far better in MAPE."""
+
+    def __init__(self, target="beta", loss="squared_error", max_iter=300, learning_rate=0.1, max_leaf_nodes=31,
+                 random_state=0, ape_floor_us=None):
         self.target = target
+        self.loss = loss
+        self.ape_floor_us = ape_floor_us
         self.max_iter = max_iter
         self.learning_rate = learning_rate
         self.max_leaf_nodes = max_leaf_nodes
@@ -153,11 +178,16 @@ class GBMCeiling(RegressorMixin, BaseEstimator):
     def fit(self, X, y, sample_weight=None):
         y = np.asarray(y, dtype="float64")
         ok = np.isfinite(y) & (y > 0)
-        self.model_ = HistGradientBoostingRegressor(max_iter=self.max_iter, learning_rate=self.learning_rate,
+        self.model_ = HistGradientBoostingRegressor(loss=self.loss, max_iter=self.max_iter,
+                                                    learning_rate=self.learning_rate,
                                                     max_leaf_nodes=self.max_leaf_nodes,
                                                     random_state=self.random_state)
         D = self._design(X, fit=True)
-        sw = None if sample_weight is None else np.asarray(sample_weight)[ok]
+        self.ape_floor_ = _floor(self.ape_floor_us, self.target)
+        sw = np.ones(int(ok.sum())) if sample_weight is None else np.asarray(sample_weight, dtype="float64")[ok]
+        if self.loss == "absolute_error":
+            sw = sw / np.maximum(y[ok], self.ape_floor_)
+            sw = sw / sw.mean()
         self.model_.fit(D[ok], np.log(y[ok]), sample_weight=sw)
         return self
 
@@ -166,4 +196,4 @@ class GBMCeiling(RegressorMixin, BaseEstimator):
         return np.exp(self.model_.predict(self._design(X)))
 
     def score(self, X, y, sample_weight=None):
-        return -mape(y, self.predict(X))
+        return -mape(y, self.predict(X), self.ape_floor_)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
+from molerd import metrics
 from molerd.specs import BYTES_PER_PARAM, hardware, model
 
 BETA_TERMS: tuple[str, ...] = (
@@ -381,11 +382,11 @@ def predict_step_time_blackbox(block: BlisBlock, steps: pd.DataFrame) -> np.ndar
 
 
 def mape(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean absolute percentage error as a fraction (0.1 = 10 %); rows with y_true <= 0 are not allowed."""
+    """Step-time MAPE as a fraction (0.1 = 10 %); rows with y_true <= 0 are not allowed."""
     y_true = np.asarray(y_true, dtype="float64")
     if np.any(y_true <= 0):
         raise ValueError("MAPE needs strictly positive targets")
-    return float(np.mean(np.abs(np.asarray(y_pred, dtype="float64") - y_true) / y_true))
+    return metrics.mape(y_true, y_pred, metrics.ape_floor("beta"))
 
 
 def evaluate_block(block: BlisBlock, steps: pd.DataFrame) -> dict[str, float]:

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import nnls
 
-LOSSES = ("relative", "log", "squared")
+LOSSES = ("relative", "log", "mape", "squared")
 DEFAULT_ALPHAS = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
+# IRLS for the "mape" loss: residuals below this fraction of the target count as this fraction
+MAPE_IRLS_DELTA = 1e-3
 
 
 @dataclass
@@ -93,15 +95,20 @@ def _weighted_ridge(X, y, w, alphas, positive, prior=None, prior_scale=1.0):
 
 def fit_expert(X: np.ndarray, y: np.ndarray, features: list[str], sample_weight=None, loss: str = "relative",
                alphas=DEFAULT_ALPHAS, positive: bool = False, floor: float = 1e-6, prior=None,
-               prior_scale: float = 1.0, log_iters: int = 6) -> ExpertFit:
+               prior_scale: float = 1.0, log_iters: int = 6, mape_iters: int = 30,
+               ape_floor: float = 0.0) -> ExpertFit:
     """Fit one linear expert.
 
     loss:
       * ``"squared"``  — weighted least squares on y.
       * ``"relative"`` — weights 1/y² (minimises Σ((ŷ − y)/y)², the squared relative error).
+      * ``"mape"``     — minimises Σ|ŷ − y|/y, the gate's metric itself, by iteratively reweighted least
+        squares started from the relative fit (robust to the few rows with a tiny target that dominate 1/y²).
       * ``"log"``      — minimises Σ(log ŷ − log y)² for the *linear* predictor ŷ = c + b·x by Gauss-Newton
         (start from the relative fit, then refit z = ŷ(1 + log(y/ŷ)) with weights 1/ŷ²); the model stays a dot
         product, so BLIS can evaluate it.
+    ``ape_floor`` (µs): relative errors are taken against max(y, ape_floor), as the metric does
+    (:mod:`molerd.metrics`), so rows with a near-zero target do not take all the weight.
     Rows with non-finite features or target, or zero weight, are ignored (the caller counts them).
     """
     if loss not in LOSSES:
@@ -116,14 +123,22 @@ def fit_expert(X: np.ndarray, y: np.ndarray, features: list[str], sample_weight=
     n = len(y)
     if n == 0:
         raise ValueError(f"no usable rows to fit an expert on features {features}")
+    yd = np.maximum(y, ape_floor)  # the metric's denominator
     if loss == "squared":
         ww = w
     else:
-        ww = w / y ** 2
+        ww = w / yd ** 2
     coef, intercept, a, const = _weighted_ridge(X, y, ww, alphas, positive, prior, prior_scale)
     if loss == "log":
         for _ in range(log_iters):
             yh = np.maximum(intercept + X @ coef, max(floor, 1e-9))
             z = yh * (1.0 + np.log(y / yh))
             coef, intercept, a, const = _weighted_ridge(X, z, w / yh ** 2, alphas, positive, prior, prior_scale)
+    elif loss == "mape":
+        # iteratively reweighted least squares for Σ w·|ŷ − y|/y (least absolute relative error): a row's
+        # weight becomes w / (y·|residual|), bounded so an exact fit cannot take all the weight
+        for _ in range(mape_iters):
+            r = np.abs(intercept + X @ coef - y)
+            coef, intercept, a, const = _weighted_ridge(X, y, w / (yd * np.maximum(r, MAPE_IRLS_DELTA * yd)), alphas,
+                                                        positive, prior, prior_scale)
     return ExpertFit(list(features), coef, intercept, a, n, [f for f, c in zip(features, const) if c])

@@ -186,6 +186,15 @@ _reg("t_weight_us", "µs", "weight read time per GPU (decode floor); MoE reads o
      lambda r, c: (c["weight_bytes"] - c["expert_weight_bytes"]
                    * (1.0 - _moe_touched_fraction(r["prefill_tokens"] + r["decode_tokens"], c["num_experts"],
                                                   c["experts_per_token"]))) / (c["tp"] * c["bytes_per_us"]))
+_reg("t_expert_balanced_us", "µs",
+     "MoE expert weights read when the batch's tokens spread evenly over the experts (the fused-MoE kernel's "
+     "balanced routing): min(1, tokens·k/E) of all expert bytes; 0 for dense models. Beside t_weight_us "
+     "(random routing) the fit can weigh the two hypotheses",
+     "expert_weight_bytes * min(1, (prefill_tokens + decode_tokens) * experts_per_token / num_experts) / (tp * bytes_per_us)",
+     ["prefill_tokens", "decode_tokens"], ["expert_weight_bytes", "experts_per_token", "num_experts", "tp", "bytes_per_us"],
+     lambda r, c: c["expert_weight_bytes"] * np.minimum(
+         1.0, (r["prefill_tokens"] + r["decode_tokens"]) * c["experts_per_token"] / c["num_experts"])
+     / (c["tp"] * c["bytes_per_us"]))
 _reg("t_roofline_us", "µs", "whole-step roofline max(compute time, memory time): the compute/memory crossover",
      "max((prefill_tokens + decode_tokens) * flops_per_token / (tp * flops_per_us) + t_prefill_attention_us, "
      "t_weight_us + t_decode_kv_us)",
@@ -256,10 +265,14 @@ REGIME_FEATURES: dict[str, dict[str, dict[str, list[str]]]] = {
             "saturation": ["seed_batch_per_bw", "seed_fragmentation", "evict_us", "kv_pressure"],
         },
         "physics": {
-            "prefill_dominated": ["t_prefill_compute_us", "t_prefill_attention_us", "t_decode_kv_us", "t_weight_us", "num_prefill_reqs"],
-            "decode_dominated": ["t_weight_us", "t_decode_kv_us", "t_decode_compute_us", "t_prefill_compute_us", "batch_reqs", "offload_us"],
-            "mixed_balanced": ["t_prefill_compute_us", "t_prefill_attention_us", "t_decode_compute_us", "t_decode_kv_us", "t_weight_us", "batch_reqs"],
-            "saturation": ["t_prefill_compute_us", "t_prefill_attention_us", "t_decode_compute_us", "t_decode_kv_us", "t_weight_us", "kv_pressure", "evict_us", "offload_us"],
+            "prefill_dominated": ["t_prefill_compute_us", "t_prefill_attention_us", "t_decode_kv_us", "t_weight_us",
+                                  "t_roofline_us", "num_prefill_reqs"],
+            "decode_dominated": ["t_weight_us", "t_expert_balanced_us", "t_decode_kv_us", "t_decode_compute_us",
+                                 "t_prefill_compute_us", "batch_reqs", "offload_us"],
+            "mixed_balanced": ["t_prefill_compute_us", "t_prefill_attention_us", "t_decode_compute_us", "t_decode_kv_us",
+                               "t_weight_us", "t_expert_balanced_us", "batch_reqs"],
+            "saturation": ["t_prefill_compute_us", "t_prefill_attention_us", "t_decode_compute_us", "t_decode_kv_us",
+                           "t_weight_us", "kv_pressure", "evict_us", "offload_us"],
         },
     },
     "alpha": {

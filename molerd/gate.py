@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from molerd import metrics
+
 log = logging.getLogger(__name__)
 
 __all__ = ["CombinedGateDecision", "GateError", "GateReport", "combine_gate_reports", "gate_decision", "mape"]
@@ -64,11 +66,10 @@ def _pp(x: float | None) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
-def mape(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean absolute percentage error in PERCENT (10.0 = 10 %, as in metrics.json); ``y_true`` must be > 0."""
-    y_true = np.asarray(y_true, dtype=np.float64)
-    y_pred = np.asarray(y_pred, dtype=np.float64)
-    return float(100.0 * np.mean(np.abs(y_pred - y_true) / y_true))
+def mape(y_true: np.ndarray, y_pred: np.ndarray, ape_floor: float = 1.0) -> float:
+    """Mean absolute percentage error in PERCENT (10.0 = 10 %, as in metrics.json), the metric of
+    :mod:`molerd.metrics` with its denominator floor; ``y_true`` must be > 0."""
+    return 100.0 * metrics.mape(y_true, y_pred, ape_floor)
 
 
 def _rel_change(new: float, old: float) -> float:
@@ -252,6 +253,7 @@ def gate_decision(
     bootstrap_confidence: float = 0.95,
     regime_tolerance: float = 0.05,
     min_regime_rows: int = 50,
+    ape_floor: float = 1.0,
     seed: int = 0,
     groups: Any | None = None,
     label: str | None = None,
@@ -277,6 +279,8 @@ def gate_decision(
         Allowed relative MAPE increase in any judged regime (0.05 = 5 % worse).
     min_regime_rows : int >= 1, default 50
         Regimes with fewer held-out rows are reported but not judged.
+    ape_floor : float, default 1.0
+        Denominator floor of the APE, µs (:mod:`molerd.metrics`; the seed's alpha uses 5 ms).
     seed : int, default 0
         Seed of the bootstrap's local generator.
     groups : array-like, shape (n,), optional
@@ -313,7 +317,8 @@ def gate_decision(
         )
     params = {"min_improvement": float(min_improvement), "bootstrap_samples": int(bootstrap_samples),
               "bootstrap_confidence": float(bootstrap_confidence), "regime_tolerance": float(regime_tolerance),
-              "min_regime_rows": int(min_regime_rows), "seed": int(seed), "grouped": grp is not None}
+              "min_regime_rows": int(min_regime_rows), "ape_floor_us": float(ape_floor), "seed": int(seed),
+              "grouped": grp is not None}
     checks: list[dict[str, Any]] = []
 
     def check(name: str, passed: bool, detail: str) -> None:
@@ -324,7 +329,7 @@ def gate_decision(
           "candidate predictions are finite" if finite_c.all()
           else f"candidate predicted non-finite values for {int((~finite_c).sum())} of {n} rows "
                f"(positions {np.flatnonzero(~finite_c)[:5].tolist()})")
-    ape_c = np.where(finite_c, 100.0 * np.abs(p_c - y) / y, np.inf)  # percent
+    ape_c = np.where(finite_c, 100.0 * metrics.ape(y, p_c, ape_floor), np.inf)  # percent
     mape_c = float(ape_c.mean())
     overall: dict[str, Any] = {"n_rows": n, "candidate_mape": mape_c, "champion_mape": None, "mape_diff": None,
                                "relative_improvement": None}
@@ -341,7 +346,7 @@ def gate_decision(
             regime_rows.append({"regime": str(r), "n_rows": int(m.sum()), "candidate_mape": float(ape_c[m].mean()),
                                 "champion_mape": None, "relative_change": None, "judged": False, "passed": True})
     else:
-        ape_h = 100.0 * np.abs(p_h - y) / y
+        ape_h = 100.0 * metrics.ape(y, p_h, ape_floor)
         mape_h = float(ape_h.mean())
         improvement = -_rel_change(mape_c, mape_h)
         overall.update(champion_mape=mape_h, mape_diff=mape_c - mape_h, relative_improvement=improvement)

@@ -22,6 +22,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from molerd import features as F
 from molerd.experts import DEFAULT_ALPHAS, LOSSES, ExpertFit, fit_expert
+from molerd.metrics import ape_floor, mape
 from molerd.regimes import (DEFAULT_REGIME, ClassifierDetector, RuleDetector, default_thresholds,
                             search_thresholds, soft_weights, Rule)
 
@@ -41,13 +42,6 @@ GATE_MIN_WEIGHT = 1e-3  # rows below this gate weight are left out of a regime's
 
 class InsufficientDataError(ValueError):
     """Raised when there are no usable rows to fit on."""
-
-
-def mape(y_true, y_pred, floor: float = 1.0) -> float:
-    """Mean absolute percentage error (fraction), denominators clipped at ``floor`` µs."""
-    y_true = np.asarray(y_true, dtype="float64")
-    y_pred = np.asarray(y_pred, dtype="float64")
-    return float(np.mean(np.abs(y_pred - y_true) / np.maximum(np.abs(y_true), floor)))
 
 
 def _check_param(name, value, ok: bool, allowed: str):
@@ -87,6 +81,9 @@ class MoLERegressor(RegressorMixin, BaseEstimator):
         Ridge penalties tried per expert (GCV on standardised, weighted features).
     alpha_target : {"scheduled_minus_queued", "queued_minus_arrived"}
         Meaning of y for target="alpha" (recorded in the spec; y itself is given to ``fit``).
+    ape_floor_us : float or None
+        Denominator floor of the relative-error losses and of ``score`` (see :mod:`molerd.metrics`); None =
+        the metric's floor for this target (``metrics.ape_floor``).
     prediction_floor : float or None
         Predictions are clipped below at this many µs; None = half the smallest positive training target.
     cv : int, default 3
@@ -111,7 +108,7 @@ class MoLERegressor(RegressorMixin, BaseEstimator):
     def __init__(self, target="beta", feature_set="physics", detector="rules", detector_params=None,
                  gate_width=1.0, min_rows=50, fallback="global", loss="relative", positive=False,
                  alphas=DEFAULT_ALPHAS, alpha_target="scheduled_minus_queued", prediction_floor=None, cv=3,
-                 random_state=None):
+                 random_state=None, ape_floor_us=None):
         self.target = target
         self.feature_set = feature_set
         self.detector = detector
@@ -126,6 +123,7 @@ class MoLERegressor(RegressorMixin, BaseEstimator):
         self.prediction_floor = prediction_floor
         self.cv = cv
         self.random_state = random_state
+        self.ape_floor_us = ape_floor_us
 
     # ------------------------------------------------------------------------------------ validation
     def _validate_params(self):
@@ -191,11 +189,11 @@ class MoLERegressor(RegressorMixin, BaseEstimator):
             self.floor_ = 0.5 * float(ypos.min())
         idx = np.flatnonzero(finite)
         complete = [j for j in range(Xf.shape[1]) if np.isfinite(Xf[idx, j]).all()]
-        self.backup_expert_ = fit_expert(Xf[idx][:, complete], y[idx], [names[j] for j in complete], sw[idx],
-                                         self.loss, self.alphas, self.positive, floor=max(self.floor_, 1e-9))
+        self.ape_floor_ = (float(self.ape_floor_us) if self.ape_floor_us is not None else
+                           ape_floor(self.target, self.alpha_target))
+        self.backup_expert_ = self._fit_one(Xf[idx][:, complete], y[idx], [names[j] for j in complete], sw[idx])
         self.constant_ = float(np.median(y[idx]))
-        self.global_expert_ = fit_expert(Xf[idx], y[idx], names, sw[idx], self.loss, self.alphas, self.positive,
-                                         floor=max(self.floor_, 1e-9))
+        self.global_expert_ = self._fit_one(Xf[idx], y[idx], names, sw[idx])
         if self.generic_:
             self.regimes_ = ("global",)
             self.experts_ = {"global": self.global_expert_}
@@ -230,9 +228,15 @@ class MoLERegressor(RegressorMixin, BaseEstimator):
         pred = self._predict_arrays(Xf, names, G)
         lab = np.asarray(self.regimes_, dtype=object)[self._hard(G).argmax(axis=1)]
         self.regime_report_["train_mape"] = [
-            mape(y[finite & (lab == r)], pred[finite & (lab == r)]) if (finite & (lab == r)).any() else float("nan")
+            mape(y[finite & (lab == r)], pred[finite & (lab == r)], self.ape_floor_) if (finite & (lab == r)).any()
+            else float("nan")
             for r in self.regime_report_["regime"]]
         return self
+
+    def _fit_one(self, X, y, names, w, **kw) -> ExpertFit:
+        """One linear expert with this estimator's loss, penalties, sign constraint and floors."""
+        return fit_expert(X, y, names, w, self.loss, self.alphas, self.positive, floor=max(self.floor_, 1e-9),
+                          ape_floor=self.ape_floor_, **kw)
 
     def _fit_experts(self, Xf, names, y, sw, finite, W, H):
         experts, rows = {}, []
@@ -246,24 +250,23 @@ class MoLERegressor(RegressorMixin, BaseEstimator):
             sel = finite & (W[:, j] >= GATE_MIN_WEIGHT)
             row = {"regime": regime, "n_rows": n_hard, "n_effective": round(n_eff, 3),
                    "features": fnames, "dropped": [f for f in want if f not in names]}
-            if n_hard >= self.min_rows and sel.sum() > len(cols) + 1:
-                experts[regime] = fit_expert(Xf[sel][:, cols], y[sel], fnames, sw[sel] * W[sel, j], self.loss,
-                                             self.alphas, self.positive, floor=max(self.floor_, 1e-9))
+            own_rows = int((sel & np.isfinite(Xf[:, cols]).all(axis=1)).sum())
+            all_rows = int((sel & np.isfinite(Xf).all(axis=1)).sum())
+            if n_hard >= self.min_rows and own_rows > len(cols) + 1:
+                experts[regime] = self._fit_one(Xf[sel][:, cols], y[sel], fnames, sw[sel] * W[sel, j])
                 row.update(source="own", note="")
-            elif self.fallback == "shrink" and n_hard >= 2 and sel.sum() >= 2:
-                experts[regime] = fit_expert(Xf[sel], y[sel], list(names), sw[sel] * W[sel, j], self.loss,
-                                             self.alphas, self.positive, floor=max(self.floor_, 1e-9),
-                                             prior=self.global_expert_.coef,
-                                             prior_scale=self.min_rows / max(n_hard, 1))
-                row.update(source="shrunk", features=list(names),
-                           note=f"{n_hard} rows < min_rows={self.min_rows}: shrunk toward the global expert")
             else:
-                experts[regime] = self.global_expert_
-                row.update(source="global", features=list(names),
-                           note=f"{n_hard} rows < min_rows={self.min_rows}: uses the global expert")
-            if row["source"] != "own":
-                warnings.warn(f"MoLERegressor({self.target}): regime {regime!r} has {n_hard} training rows "
-                              f"(< min_rows={self.min_rows}); {row['note'].split(': ')[1]}")
+                cause = (f"{n_hard} rows < min_rows={self.min_rows}" if n_hard < self.min_rows else
+                         f"{own_rows} gated rows with complete features <= {len(cols) + 1} (features + intercept)")
+                if self.fallback == "shrink" and n_hard >= 2 and all_rows >= 2:
+                    experts[regime] = self._fit_one(Xf[sel], y[sel], list(names), sw[sel] * W[sel, j],
+                                                    prior=self.global_expert_.coef,
+                                                    prior_scale=self.min_rows / max(n_hard, 1))
+                    row.update(source="shrunk", features=list(names), note=f"{cause}: shrunk toward the global expert")
+                else:
+                    experts[regime] = self.global_expert_
+                    row.update(source="global", features=list(names), note=f"{cause}: uses the global expert")
+                warnings.warn(f"MoLERegressor({self.target}): regime {regime!r}: {row['note']}")
             rows.append(row)
         return experts, pd.DataFrame(rows)
 
@@ -285,15 +288,14 @@ class MoLERegressor(RegressorMixin, BaseEstimator):
                 te_i = idx[te]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    self.global_expert_, saved = fit_expert(Xf[mtr], y[mtr], names, sw[mtr], self.loss, self.alphas,
-                                                            self.positive, floor=max(self.floor_, 1e-9)), self.global_expert_
+                    self.global_expert_, saved = self._fit_one(Xf[mtr], y[mtr], names, sw[mtr]), self.global_expert_
                     try:
                         ex, _ = self._fit_experts(Xf, names, y, sw, mtr, W, H)
                     finally:
                         self.global_expert_ = saved
                 P = self._expert_matrix(ex, Xf[te_i], names)
                 pred = self._mix(W[te_i], P, Xf[te_i], names)
-                errs.append(mape(y[te_i], pred) * len(te_i))
+                errs.append(mape(y[te_i], pred, self.ape_floor_) * len(te_i))
                 ns.append(len(te_i))
             return float(sum(errs) / sum(ns))
 
@@ -378,7 +380,7 @@ class MoLERegressor(RegressorMixin, BaseEstimator):
         """Negative MAPE (fraction; higher is better), the release gate's metric."""
         y = np.asarray(y, dtype="float64").ravel()
         ok = np.isfinite(y)
-        return -mape(y[ok], self.predict(X)[ok])
+        return -mape(y[ok], self.predict(X)[ok], self.ape_floor_)
 
     # --------------------------------------------------------------------------------------- spec
     def to_spec(self) -> dict:

@@ -21,11 +21,11 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from molerd import blis as blis_mod
 from molerd import release as rel
-from molerd.paths import data_dir
+from molerd.paths import releases_dir
 
 MANIFEST = "MANIFEST.json"
 CURRENT = "current"
@@ -37,7 +37,7 @@ class RegistryError(ValueError):
 
 
 def default_root() -> Path:
-    return data_dir() / "releases"
+    return releases_dir()
 
 
 @contextlib.contextmanager
@@ -101,41 +101,77 @@ def release_files(doc: Mapping, *, golden: Mapping, metrics: Mapping | None = No
 
 def publish_release(root: str | Path | None, version: str, release_doc: Mapping, *, golden: Mapping | None = None,
                     metrics: Mapping | None = None, gate_report: Mapping | None = None,
-                    make_current: bool = True) -> Path:
+                    extra_files: Mapping[str, bytes] | None = None, make_current: bool = True) -> Path:
     """Write release ``version`` atomically; returns its directory. Refuses to overwrite an existing version.
 
     ``release_doc`` is a release document (``molerd.release.build_release``); its ``version`` must equal
-    ``version``. ``golden`` defaults to ``make_golden`` of the release. Any error (including disk full)
-    leaves the registry exactly as it was.
+    ``version``. ``golden`` defaults to ``make_golden`` of the release. ``extra_files`` (relative path ->
+    bytes, e.g. the report and the evaluation it was drawn from) are published, and checksummed, with it.
+    Any error (including disk full) leaves the registry exactly as it was.
     """
     root = Path(root) if root is not None else default_root()
+    with _lock(root):
+        return _publish_locked(root, version, release_doc, golden=golden, metrics=metrics, gate_report=gate_report,
+                               extra_files=extra_files, make_current=make_current)
+
+
+def publish_next(root: str | Path | None, prefix: str,
+                 build: Callable[[str], tuple[Mapping, dict[str, Any]]], make_current: bool = True) -> Path:
+    """Publish under the next free version ``<prefix><n>``, chosen while holding the registry lock, so two
+    pipeline runs at the same time get two different versions. ``build(version)`` returns the release
+    document and the keyword arguments of :func:`publish_release` (golden, metrics, gate_report, extra_files)."""
+    root = Path(root) if root is not None else default_root()
+    with _lock(root):
+        version = next_version(root, prefix)
+        doc, files = build(version)
+        return _publish_locked(root, version, doc, make_current=make_current, **files)
+
+
+def next_version(root: str | Path | None, prefix: str = "v") -> str:
+    """``<prefix><n>`` with n one above the largest number already used with that prefix (1 for none)."""
+    root = Path(root) if root is not None else default_root()
+    pat = re.compile(rf"^{re.escape(prefix)}(\d+)$")
+    used = [int(m.group(1)) for p in (root.iterdir() if root.exists() else []) if (m := pat.match(p.name))]
+    version = f"{prefix}{max(used, default=0) + 1}"
+    _check_version(version)
+    return version
+
+
+def _publish_locked(root: Path, version: str, release_doc: Mapping, *, golden: Mapping | None = None,
+                    metrics: Mapping | None = None, gate_report: Mapping | None = None,
+                    extra_files: Mapping[str, bytes] | None = None, make_current: bool = True) -> Path:
     _check_version(version)
     if release_doc.get("version") != version:
         raise RegistryError(f"release document says version {release_doc.get('version')!r}, publishing as {version!r}")
     loaded = rel.Release(json.loads(json.dumps(release_doc)), f"release {version}")
     golden = golden if golden is not None else rel.make_golden(loaded)
     files = release_files(release_doc, golden=golden, metrics=metrics, gate_report=gate_report)
-    with _lock(root):
-        final = root / version
-        if final.exists():
-            raise RegistryError(f"{root}: release {version!r} already exists; releases are immutable, pick a new version")
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=root))
-        try:
-            manifest = {}
-            for relpath, data in sorted(files.items()):
-                _fsync_write(tmp / relpath, data)
-                manifest[relpath] = hashlib.sha256(data).hexdigest()
-            _fsync_write(tmp / MANIFEST, _json_bytes({"schema_version": rel.SCHEMA_VERSION, "version": version,
-                                                       "sha256": manifest}))
-            for d in sorted({p.parent for p in tmp.rglob("*")} | {tmp}, key=lambda p: -len(p.parts)):
-                _fsync_dir(d)
-            os.rename(tmp, final)
-            _fsync_dir(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if make_current:
-            _write_current(root, version)
+    for relpath, data in (extra_files or {}).items():
+        if relpath in files or relpath == MANIFEST or Path(relpath).is_absolute() or ".." in Path(relpath).parts:
+            raise RegistryError(f"extra release file {relpath!r} clashes with a release file or leaves the release")
+        files[relpath] = bytes(data)
+    final = root / version
+    if final.exists():
+        raise RegistryError(f"{root}: release {version!r} already exists; releases are immutable, pick a new version")
+    for stale in root.glob(".tmp-*"):  # left by a writer that was killed; we hold the lock, so nobody owns it
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=root))
+    try:
+        manifest = {}
+        for relpath, data in sorted(files.items()):
+            _fsync_write(tmp / relpath, data)
+            manifest[relpath] = hashlib.sha256(data).hexdigest()
+        _fsync_write(tmp / MANIFEST, _json_bytes({"schema_version": rel.SCHEMA_VERSION, "version": version,
+                                                   "sha256": manifest}))
+        for d in sorted({p.parent for p in tmp.rglob("*")} | {tmp}, key=lambda p: -len(p.parts)):
+            _fsync_dir(d)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if make_current:
+        _write_current(root, version)
     return final
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from molerd import plots
-from molerd.paths import data_dir
+from molerd.paths import releases_dir
 
 logger = logging.getLogger(__name__)
 
@@ -1002,7 +1002,7 @@ plots:
 # ----------------------------------------------------------------------------------------------- releases
 def release_dir(version: str, releases_root: Path | None = None) -> Path:
     """``data/releases/<version>``; a missing release raises with the versions that do exist."""
-    root = Path(releases_root) if releases_root is not None else data_dir() / "releases"
+    root = Path(releases_root) if releases_root is not None else releases_dir()
     path = root / version
     if not path.is_dir():
         have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -1010,8 +1010,12 @@ def release_dir(version: str, releases_root: Path | None = None) -> Path:
     return path
 
 
-def build_release_report(version: str, releases_root: Path | None = None, **kwargs: Any) -> Path:
-    """Report of a release: reads ``data/releases/<version>/`` (+ ``eval/``), writes its ``report/`` folder."""
+def build_release_report(version: str, out_dir: Path | None = None, releases_root: Path | None = None,
+                         **kwargs: Any) -> Path:
+    """Report of a release from what it stores (``eval/``, ``gate.json``), written to ``out_dir`` (default
+    ``data/reports/<version>``). A published release is immutable: the copy inside it
+    (``data/releases/<version>/report/``) is written once, when the pipeline publishes it."""
     rdir = release_dir(version, releases_root)
-    kwargs.setdefault("title", f"{DEFAULT_TITLE}: {version}")
-    return build_report(rdir, rdir / "report", **kwargs)
+    kwargs.setdefault("title", f"MoLE-RD release {version}")
+    out = Path(out_dir) if out_dir is not None else Path("data") / "reports" / version
+    return build_report(rdir, out, **kwargs)

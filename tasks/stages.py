@@ -22,8 +22,8 @@ def synthesize(params: dict, out_dir: Path) -> dict:
 
 
 @task(name="validate", cache_policy=NO_CACHE, **IO_RETRIES)
-def validate(params: dict, inputs: list[Path], out_dir: Path) -> dict:
-    return pipeline.validate(params, inputs, out_dir)
+def validate(params: dict, inputs: list[Path], out_dir: Path, metrics_file: Path | None = None) -> dict:
+    return pipeline.validate(params, inputs, out_dir, metrics_file=metrics_file)
 
 
 @task(name="label", cache_policy=NO_CACHE)

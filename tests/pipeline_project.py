@@ -15,12 +15,14 @@ COPY = ["molerd", "tasks", "flows", "dvc.yaml", "params.yaml", "pyproject.toml",
         "data/kernels", "data/workloads", "data/model_configs", "data/hardware_config.json", "data/NOTICE.md"]
 
 
-def small_params(hardware: list[str]) -> dict:
-    """The project's params with the small synthetic preset and fewer hardware: the same DAG, less data."""
+def small_params(hardware: tuple[str, ...] = ("H100",), model: str = "llama-3.1-8b-instruct", tp: int = 1) -> dict:
+    """The project's params with the small synthetic preset on one model per hardware: the same DAG, less data."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base"]["hardware"] = list(hardware)
-    params.setdefault("synth", {})
-    params["synth"] = {"preset": "small", "hardware": list(hardware)}
+    params["synth"] = {**params.get("synth", {}), "preset": "small",
+                       "scopes": [{"hardware": h, "model": model, "tp": tp} for h in hardware]}
+    params["gate"]["bootstrap_samples"] = 200
+    params["train"]["gbm"]["max_iter"] = 50
     return params
 
 

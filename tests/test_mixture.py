@@ -75,7 +75,7 @@ def test_thin_regime_falls_back_and_says_so(noisy_steps):
     thin = counts.idxmin()
     min_rows = int(counts.min()) + 1
     assert counts.drop(thin).min() >= min_rows
-    with pytest.warns(UserWarning, match=f"regime '{thin}' has {counts.min()} training rows"):
+    with pytest.warns(UserWarning, match=f"regime '{thin}': {counts.min()} rows < min_rows={min_rows}"):
         m = MoLERegressor(min_rows=min_rows).fit(noisy_steps, y)
     rep = m.regime_report_.set_index("regime")
     assert rep.loc[thin, "source"] == "global" and m.experts_[thin] is m.global_expert_

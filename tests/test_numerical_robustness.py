@@ -107,7 +107,7 @@ def test_regime_with_1_to_3_rows_falls_back_with_a_note(steps, n_thin, fallback)
     m0 = MoLERegressor(gate_width=0.0, min_rows=10, **FAST).fit(df, df["step_duration_us"])
     mixed = np.flatnonzero(m0.predict_regime(df) == "mixed_balanced")
     df.loc[df.index[mixed[:n_thin]], "kv_usage_ratio"] = 0.97  # only these rows are saturated
-    with pytest.warns(UserWarning, match=r"regime 'saturation' has %d training rows" % n_thin):
+    with pytest.warns(UserWarning, match=r"regime 'saturation': %d rows < min_rows=50" % n_thin):
         m = MoLERegressor(gate_width=0.0, min_rows=50, fallback=fallback, **FAST).fit(df, df["step_duration_us"])
     assert _labels(m, df).get("saturation") == n_thin
     rep = m.regime_report_.set_index("regime")
@@ -123,9 +123,6 @@ def test_regime_with_1_to_3_rows_falls_back_with_a_note(steps, n_thin, fallback)
     assert spec["experts"]["saturation"]["source"] == expected_source
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: mixture.MoLERegressor._fit_experts writes the note "
-                   "'<n> rows < min_rows=<m>' for every fallback, also when n >= min_rows and the real cause is "
-                   "too few gated rows for the regime's features (sel.sum() <= len(cols) + 1)")
 def test_thin_regime_note_is_truthful_when_min_rows_is_met(steps):
     """2 saturated rows with min_rows=1: too few rows for its features, so it falls back; the note must
     not claim '2 rows < min_rows=1'."""

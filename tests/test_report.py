@@ -348,16 +348,20 @@ def test_cli_eval_dir_and_release(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r" / "index.html").is_file() and (tmp_path / "p" / "per_regime_mape.csv").is_file()
 
-    monkeypatch.setenv("MOLERD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)  # the registry is data/releases of the project being worked on
     rel = make_eval_dir(tmp_path / "data" / "releases" / "v1", n=40, release_layout=True)
     (rel / "eval" / "predictions.parquet").unlink()  # optional parts may be missing; keeps the test fast
     (rel / "eval" / "sweep.parquet").unlink()
-    res = runner.invoke(app, ["report", "--release", "v1"])
+    before = sorted(p.relative_to(rel) for p in rel.rglob("*"))
+    res = runner.invoke(app, ["report", "v1"])
     assert res.exit_code == 0, res.output
-    text = (tmp_path / "data" / "releases" / "v1" / "report" / "index.html").read_text(encoding="utf-8")
+    text = (tmp_path / "data" / "reports" / "v1" / "index.html").read_text(encoding="utf-8")
     assert "eval/coverage.json" in text and 'id="coverage-alpha"' in text and 'id="gate-summary"' in text
     assert "predictions.parquet not found" in text
-    res = runner.invoke(app, ["report", "--release", "v9"])
+    assert sorted(p.relative_to(rel) for p in rel.rglob("*")) == before  # the release itself is never touched
+    res = runner.invoke(app, ["report", "--release", "v1", "--out", str(tmp_path / "elsewhere")])
+    assert res.exit_code == 0 and (tmp_path / "elsewhere" / "index.html").is_file()
+    res = runner.invoke(app, ["report", "v9"])
     assert res.exit_code == 2 and "available: ['v1']" in res.output
 
 

@@ -16,6 +16,7 @@ from molerd.synth.dataset import config_from_params
 def _tiny_config() -> dict:
     cfg = default_config("small")
     cfg["workers"] = 1
+    cfg["replicates"] = 1
     keep = {"light", "saturation"}
     cfg["scenarios"] = [s for s in cfg["scenarios"] if s["name"] in keep]
     for s in cfg["scenarios"]:
@@ -73,7 +74,7 @@ def test_run_folder_follows_the_otel_reference(small_dataset):
 
 
 def test_preemption_runs_carry_preempt_and_resume_events(small_dataset):
-    run = next(r for r in small_dataset if r.name.endswith("saturation"))
+    run = next(r for r in small_dataset if "_saturation" in r.name)
     text = (run / "traces.json").read_text()
     assert "journey.PREEMPTED" in text and '"RESUME"' in text
 
@@ -106,7 +107,8 @@ def test_reader_accepts_every_row(small_dataset, tmp_path):
     assert len(reqs) == int((gt["record"] == "request").sum())
     merged = steps.merge(gt[gt["record"] == "step"][["step_id", "step_duration_us"]], on="step_id", suffixes=("", "_gt"))
     assert np.allclose(merged["step_duration_us"], merged["step_duration_us_gt"])
-    some = [r for r in small_dataset if r.name.rsplit("_", 1)[-1] in ("light", "saturation", "offload")]
+    some = [r for r in small_dataset if r.name.rsplit("_", 2)[-2] in ("light", "saturation", "offload")]
+    assert len(some) == 6
     report = validate.validate_inputs([r / "traces.json" for r in some], tmp_path / "v")
     for table in ("steps", "requests"):
         assert report["tables"][table]["quarantined"] == 0, report["tables"]
@@ -115,7 +117,7 @@ def test_reader_accepts_every_row(small_dataset, tmp_path):
 
 def test_params_file_overrides_and_rejects_unknown_keys(tmp_path):
     p = tmp_path / "params.yaml"
-    p.write_text("base:\n  random_seed: 9\nsynth:\n  preset: small\n  sample_rate: 0.1\n  engine:\n    noise_sigma: 0.0\n")
+    p.write_text("base:\n  seed: 9\nsynth:\n  preset: small\n  sample_rate: 0.1\n  engine:\n    noise_sigma: 0.0\n")
     cfg, seed = config_from_params(p)
     assert seed == 9 and cfg["sample_rate"] == 0.1 and cfg["engine"]["noise_sigma"] == 0.0
     assert len(cfg["scopes"]) == 1

@@ -14,11 +14,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("report")
     def report(
-        eval_dir: Optional[Path] = typer.Argument(None, help="Evaluate stage output (metrics.json, gate.json, "
-                                                  "predictions.parquet, coverage.json, sweep.parquet)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (index.html, report.md, img/)."),
-        release: Optional[str] = typer.Option(None, "--release", help="Report on data/releases/VERSION; writes "
-                                              "its report/ folder."),
+        source: Optional[str] = typer.Argument(None, help="A release VERSION (data/releases/VERSION), or an "
+                                               "evaluate-stage folder (metrics.json, gate.json, predictions.parquet, "
+                                               "coverage.json, sweep.parquet)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (index.html, report.md, img/); "
+                                           "default for a release: data/reports/VERSION."),
+        release: Optional[str] = typer.Option(None, "--release", help="Same as giving VERSION."),
         plots_dir: Optional[Path] = typer.Option(None, "--plots", help="Also write the dvc plots CSVs here."),
         thresholds: Optional[str] = typer.Option(None, "--thresholds", help="JSON object axis -> list of values, or "
                                                  "target -> axis -> list; overrides gate.json."),
@@ -30,11 +31,18 @@ def register(app: typer.Typer) -> None:
         strict: bool = typer.Option(False, "--strict", help="Fail on an unusable optional input instead of "
                                     "noting it in the report."),
     ) -> None:
-        """Build the static release report (no JavaScript, nothing from the network)."""
+        """Build the static release report (no JavaScript, nothing from the network). A published release
+        already holds its report (data/releases/VERSION/report/index.html); this renders it again elsewhere."""
         from molerd import report as rep
 
-        if (eval_dir is None) == (release is None):
-            raise typer.BadParameter("give exactly one of EVAL_DIR or --release VERSION")
+        if (source is None) == (release is None):
+            raise typer.BadParameter("give exactly one of VERSION, EVAL_DIR or --release VERSION")
+        eval_dir = None
+        if source is not None:
+            if Path(source).is_dir():
+                eval_dir = Path(source)
+            else:
+                release = source
         thr = None
         if thresholds:
             try:
@@ -46,17 +54,15 @@ def register(app: typer.Typer) -> None:
             kwargs["title"] = title
         try:
             if release is not None:
-                if out is not None:
-                    raise typer.BadParameter("--out cannot be combined with --release (it writes <release>/report)")
-                index = rep.build_release_report(release, **kwargs)
-                source = rep.release_dir(release)
+                index = rep.build_release_report(release, out, **kwargs)
+                where = rep.release_dir(release)
             else:
                 if out is None:
                     raise typer.BadParameter("--out DIR is required with EVAL_DIR")
                 index = rep.build_report(eval_dir, out, **kwargs)
-                source = eval_dir
+                where = eval_dir
             if plots_dir is not None:
-                written = rep.write_dvc_plots(source, plots_dir, seed=seed)
+                written = rep.write_dvc_plots(where, plots_dir, seed=seed)
                 typer.echo(f"dvc plots: {', '.join(sorted(p.name for p in written.values()))} in {plots_dir}")
         except rep.ReportInputError as exc:
             typer.echo(f"error: {exc}", err=True)

@@ -38,10 +38,9 @@ def validate(params: Path = PARAMS, root: Path = ROOT,
     """Ingest and validate every input; quarantine rejected rows."""
     pipeline, p, layout = _setup(params, root)
     ins = inputs or [layout.root / x for x in (p.get("validate") or {}).get("inputs", ["data/raw"])]
-    rep = pipeline.validate(p, ins, layout.validated, progress=True)
-    for t in ("steps", "requests"):
-        r = rep.get(t, {})
-        typer.echo(f"{t}: accepted {r.get('accepted')}, quarantined {r.get('quarantined')}, total {r.get('total')}")
+    rep = pipeline.validate(p, ins, layout.validated, progress=True, metrics_file=layout.metrics / "validation.json")
+    for t, r in rep["tables"].items():
+        typer.echo(f"{t}: {r['accepted']} accepted, {r['quarantined']} quarantined, {r['total']} total")
     for e in rep.get("file_errors", []):
         typer.echo(f"error: {e.get('file')}: {e.get('message')}", err=True)
 

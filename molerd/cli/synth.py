@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="directory that receives one folder per run"),
         params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; its 'synth' section overrides the preset"),
         preset: str = typer.Option("default", "--preset", help="default | small"),
-        seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default: params base.random_seed, else 0)"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default: params synth.seed, else base.seed, else 0)"),
     ) -> None:
         """Simulate vLLM runs (workloads × GPUs × models) and write traces.json, engine_settings.json, ground_truth.parquet."""
         from molerd.synth.dataset import config_from_params, synthesize

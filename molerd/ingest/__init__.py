@@ -68,9 +68,15 @@ def detect_format(path: str | Path) -> str:
     raise IngestError(f"{path}: unknown format (not OTLP JSON lines, vLLM request stats, Parquet or canonical CSV)")
 
 
+# Files that belong to a run folder without being trace inputs: read by the run's adapter, or (ground_truth)
+# the synthesizer's answer key, which only tests look at.
+SIDE_FILES = frozenset({"engine_settings.json", "metrics.jsonl", "ground_truth.parquet"})
+
+
 def iter_inputs(paths: list[Path]) -> list[Path]:
     """Expand folders recursively into inputs: a run folder (traces.json or request_stats.jsonl) is one input;
-    other files (tables, stray traces) are inputs on their own. Sorted, so the row order is deterministic."""
+    other files (tables, stray traces) are inputs on their own, except :data:`SIDE_FILES`. Sorted, so the row
+    order is deterministic."""
     out: list[Path] = []
     for p in paths:
         p = Path(p)
@@ -81,7 +87,7 @@ def iter_inputs(paths: list[Path]) -> list[Path]:
             out.append(p)
             # other files beside the trace (e.g. canonical tables) are still inputs
             for f in sorted(p.iterdir()):
-                if f.is_file() and f.suffix in (".csv", ".parquet"):
+                if f.is_file() and f.suffix in (".csv", ".parquet") and f.name not in SIDE_FILES:
                     out.append(f)
             for d in sorted(x for x in p.iterdir() if x.is_dir()):
                 out += iter_inputs([d])
@@ -91,9 +97,7 @@ def iter_inputs(paths: list[Path]) -> list[Path]:
                 continue
             if child.is_dir():
                 out += iter_inputs([child])
-            elif child.suffix in (".json", ".jsonl", ".csv", ".parquet") and child.name != "engine_settings.json":
-                if child.name in ("metrics.jsonl",):
-                    continue
+            elif child.suffix in (".json", ".jsonl", ".csv", ".parquet") and child.name not in SIDE_FILES:
                 out.append(child)
     return out
 

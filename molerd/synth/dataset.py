@@ -49,7 +49,7 @@ _SCENARIOS = [
     {"name": "overload", "engine": {"max_num_seqs": 48, "abort_after_s": 30.0},
      "workload": {"arrival": "poisson", "load": 3.0, "num_requests": 500, "lengths": "azure_conv"}},
     {"name": "kv_pressure", "engine": {"num_gpu_blocks_override": 2500, "max_num_batched_tokens": 1024},
-     "workload": {"arrival": "replay", "trace": "mooncake", "load": 1.5, "num_requests": 200}},
+     "workload": {"arrival": "replay", "trace": "mooncake", "load": 1.5, "num_requests": 120}},
     {"name": "mixed", "engine": {"max_num_seqs": 64, "max_num_batched_tokens": 128},
      "workload": {"arrival": "poisson", "load": 2.0, "num_requests": 400, "prompt_mean": 400, "prompt_sigma": 0.5,
                   "output_mean": 300, "output_sigma": 0.5}},
@@ -57,9 +57,9 @@ _SCENARIOS = [
      "workload": {"arrival": "poisson", "load": 2.0, "num_requests": 400, "prompt_mean": 400, "prompt_sigma": 0.5,
                   "output_mean": 300, "output_sigma": 0.5}},
     {"name": "offload", "engine": {"num_gpu_blocks_override": 900, "max_num_batched_tokens": 512, "cpu_offload": True},
-     "workload": {"arrival": "gamma", "cv": 4.0, "load": 2.5, "num_requests": 800, "prompt_mean": 1500, "output_mean": 250}},
+     "workload": {"arrival": "gamma", "cv": 4.0, "load": 2.5, "num_requests": 400, "prompt_mean": 1500, "output_mean": 250}},
     {"name": "offload_long", "engine": {"num_gpu_blocks_override": 1500, "max_num_batched_tokens": 2048, "cpu_offload": True},
-     "workload": {"arrival": "gamma", "cv": 4.0, "load": 2.5, "num_requests": 600, "prompt_mean": 3000, "prompt_sigma": 0.8,
+     "workload": {"arrival": "gamma", "cv": 4.0, "load": 2.5, "num_requests": 300, "prompt_mean": 3000, "prompt_sigma": 0.8,
                   "output_mean": 250}},
 ]
 
@@ -68,7 +68,8 @@ def default_config(preset: str = "default") -> dict:
     """The embedded default dataset (``default``: 3 GPUs × 3 models × 9 scenarios) or a fast ``small`` one."""
     if preset not in ("default", "small"):
         raise ValueError(f"unknown synth preset {preset!r}; choose 'default' or 'small'")
-    cfg = {"sample_rate": 0.2, "recent_preemption_window_s": 1.0, "workers": 2,
+    cfg = {"sample_rate": 0.2, "recent_preemption_window_s": 1.0, "workers": 2, "replicates": 2,
+           "load_sweep": [0.8, 1.25],
            "engine": dict(_ENGINE_DEFAULTS), "oracle": {}, "scopes": copy.deepcopy(_SCOPES),
            "scenarios": copy.deepcopy(_SCENARIOS)}
     if preset == "small":
@@ -134,15 +135,27 @@ def _mean_lengths(w: dict) -> tuple[float, float]:
 
 
 def plan_runs(config: dict) -> list[dict]:
-    """Expand scopes × scenarios into run specs (deterministic order; index = random stream)."""
+    """Expand scopes × scenarios × replicates into run specs (deterministic order; index = random stream).
+
+    A scenario runs ``replicates`` times (its own key, else the config's, else 1); replicate k scales the
+    workload's ``load`` (or ``rate``) by ``load_sweep[k mod len]``, so the replicates of a scenario are a small
+    rate sweep around it, each its own run (``<scope>_<scenario>_r<k>``)."""
     runs = []
     for scope in config["scopes"]:
         for sc in config["scenarios"]:
             eng = {**_ENGINE_DEFAULTS, **config.get("engine", {}), **sc.get("engine", {})}
             name = f"{scope['hardware']}_{scope['model']}_tp{scope['tp']}_{sc['name']}".replace(".", "-")
-            runs.append({"trace_id": name, **scope, "engine": eng, "workload": dict(sc["workload"]),
-                         "sample_rate": config.get("sample_rate", 0.2), "oracle": config.get("oracle", {}),
-                         "recent_preemption_window_s": config.get("recent_preemption_window_s", 1.0)})
+            reps = int(sc.get("replicates", config.get("replicates", 1)))
+            sweep = list(sc.get("load_sweep", config.get("load_sweep", [1.0]))) or [1.0]
+            for k in range(reps):
+                w = dict(sc["workload"])
+                key = "load" if "load" in w else ("rate" if "rate" in w else None)
+                if key is not None:
+                    w[key] = float(w[key]) * float(sweep[k % len(sweep)])
+                runs.append({"trace_id": name if reps == 1 else f"{name}_r{k}", **scope, "engine": eng,
+                             "workload": w, "sample_rate": config.get("sample_rate", 0.2),
+                             "oracle": config.get("oracle", {}),
+                             "recent_preemption_window_s": config.get("recent_preemption_window_s", 1.0)})
     for i, r in enumerate(runs):
         r["index"] = i
     return runs
@@ -240,30 +253,37 @@ def synthesize(config: dict, out_dir: Path, seed: int) -> list[Path]:
         return list(ex.map(_run_star, jobs, chunksize=1))
 
 
+def config_from_section(section: dict | None, preset: str = "default") -> dict:
+    """The preset (``section["preset"]`` if given), overridden by the ``synth`` section of params.yaml:
+    ``engine`` and ``oracle`` key by key, every other key (``scopes``, ``scenarios``, ``sample_rate``, ...)
+    replaces the preset's. An unknown key is an error that lists the known ones."""
+    sec = dict(section or {})
+    config = default_config(sec.pop("preset", None) or preset)
+    sec.pop("seed", None)
+    unknown = set(sec) - set(config)
+    if unknown:
+        raise ValueError(f"unknown synth keys {sorted(unknown)}; known: {sorted(set(config) | {'seed', 'preset'})}")
+    for k, v in sec.items():
+        config[k] = {**config[k], **(v or {})} if k in ("engine", "oracle") else v
+    return config
+
+
 def config_from_params(params_path: Path | None, preset: str = "default") -> tuple[dict, int]:
-    """The preset, overridden key by key by the ``synth`` section of ``params_path``; plus the seed
-    (``synth.seed``, else ``base.random_seed``, else 0)."""
+    """:func:`config_from_section` of the ``synth`` section of ``params_path``; plus the seed (``synth.seed``,
+    else ``base.seed``, else 0)."""
     import yaml
 
-    config = default_config(preset)
-    seed = 0
-    if params_path is not None:
-        path = Path(params_path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: params file not found")
-        doc = yaml.safe_load(path.read_text()) or {}
-        sec = doc.get("synth") or {}
-        if not isinstance(sec, dict):
-            raise ValueError(f"{path}: 'synth' must be a mapping, got {type(sec).__name__}")
-        unknown = set(sec) - set(config) - {"seed", "preset"}
-        if unknown:
-            raise ValueError(f"{path}: unknown synth keys {sorted(unknown)}; known: {sorted(set(config) | {'seed', 'preset'})}")
-        if sec.get("preset"):
-            config = default_config(sec["preset"])
-        for k, v in sec.items():
-            if k == "engine":
-                config["engine"] = {**config["engine"], **v}
-            elif k not in ("seed", "preset"):
-                config[k] = v
-        seed = int(sec.get("seed", (doc.get("base") or {}).get("random_seed", 0)))
-    return config, seed
+    if params_path is None:
+        return default_config(preset), 0
+    path = Path(params_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: params file not found")
+    doc = yaml.safe_load(path.read_text()) or {}
+    sec = doc.get("synth") or {}
+    if not isinstance(sec, dict):
+        raise ValueError(f"{path}: 'synth' must be a mapping, got {type(sec).__name__}")
+    try:
+        config = config_from_section(sec, preset)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return config, int(sec.get("seed", (doc.get("base") or {}).get("seed", 0)))
