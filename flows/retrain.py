@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,32 @@ def _summary_markdown(summary: dict) -> str:
     if summary.get("gate"):
         lines += ["", "## Gate", "", *[f"- {r}" for r in summary["gate"].get("reasons", [])]]
     return "\n".join(lines) + "\n"
+
+
+def dask_task_runner(params: dict):
+    """A Prefect DaskTaskRunner on the cluster named by ``MOLERD_DASK_ADDRESS`` or ``execution.dask_address``
+    (e.g. ``tcp://scheduler:8786``), or None: train in local threads."""
+    address = os.environ.get("MOLERD_DASK_ADDRESS") or (params.get("execution") or {}).get("dask_address")
+    if not address:
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(address=address)
+
+
+@flow(name="molerd-train-per-hardware")
+def train_per_hardware(params: dict, hardware: list[str], labelled: Path, balanced: Path, models_root: Path) -> list[dict]:
+    """The per-hardware training fan-out: one ``train`` task per hardware, each reading only its hardware's
+    Parquet partitions; runs wherever this flow's task runner sends it (local threads or a Dask cluster)."""
+    futures = stages.train.map(hardware, unmapped(params), unmapped(labelled), unmapped(balanced),
+                               unmapped(models_root))
+    return [f.result() for f in futures]
+
+
+def train_fanout(params: dict):
+    """:func:`train_per_hardware`, on Dask when a cluster is configured."""
+    runner = dask_task_runner(params)
+    return train_per_hardware if runner is None else train_per_hardware.with_options(task_runner=runner)
 
 
 @flow(name="molerd-retrain", log_prints=True)
@@ -79,10 +106,8 @@ def retrain(
     summary["validation"] = stages.validate(params, inputs, layout.validated, layout.metrics / "validation.json")
     summary["label"] = stages.label(params, layout.validated, layout.labelled)
     summary["rebalance"] = stages.rebalance(params, layout.labelled, layout.balanced)
-    hardware = [h for h in params["base"]["hardware"]]
-    trained = stages.train.map(hardware, unmapped(params), unmapped(layout.labelled), unmapped(layout.balanced),
-                               unmapped(layout.models))
-    summary["train"] = [t for t in trained.result()]
+    summary["train"] = train_fanout(params)(params, list(params["base"]["hardware"]), layout.labelled,
+                                            layout.balanced, layout.models)
     summary["evaluate"] = stages.evaluate(params, layout)
     summary["gate"] = stages.gate(params, layout)
     rel = stages.release(params, layout)

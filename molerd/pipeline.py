@@ -130,11 +130,40 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
-def _read_table(directory: Path, name: str) -> pd.DataFrame:
-    path = directory / f"{name}.parquet"
-    if not path.exists():
+PARTITION = "hardware"
+
+
+def write_table(df: pd.DataFrame, directory: Path, name: str) -> None:
+    """Write a table partitioned by hardware: ``<directory>/<name>/hardware=<hw>/part-0.parquet`` (file names
+    fixed, so the same rows give the same files), so a training task, a Dask worker or another machine reads
+    only its own hardware's rows."""
+    root = Path(directory) / name
+    root.mkdir(parents=True, exist_ok=True)
+    for hw, part in df.groupby(df[PARTITION].astype(str), sort=True):
+        (root / f"{PARTITION}={hw}").mkdir(exist_ok=True)
+        part.reset_index(drop=True).to_parquet(root / f"{PARTITION}={hw}" / "part-0.parquet", index=False)
+    if len(df) == 0:  # keep the columns of an empty table
+        df.to_parquet(root / "empty.parquet", index=False)
+
+
+def _read_table(directory: Path, name: str, hardware: str | None = None) -> pd.DataFrame:
+    """A stage's table: ``<name>.parquet``, or the hardware partitions :func:`write_table` wrote (only
+    ``hardware``'s when given)."""
+    path = Path(directory) / f"{name}.parquet"
+    if path.exists():
+        df = pd.read_parquet(path)
+        return df if hardware is None else df[df[PARTITION].astype(str) == hardware].reset_index(drop=True)
+    root = Path(directory) / name
+    if not root.is_dir():
         raise FileNotFoundError(f"{path} not found: run the stage that writes it first")
-    return pd.read_parquet(path)
+    every = sorted(root.glob(f"{PARTITION}=*/part-0.parquet"))
+    parts = every if hardware is None else [p for p in every if p.parent.name == f"{PARTITION}={hardware}"]
+    if not parts:  # no rows (for this hardware): an empty table with the right columns
+        template = root / "empty.parquet" if (root / "empty.parquet").exists() else (every[0] if every else None)
+        if template is None:
+            raise FileNotFoundError(f"{root} holds no partitions: run the stage that writes it first")
+        return pd.read_parquet(template).iloc[0:0]
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,7 +251,7 @@ def label(params: dict, validated_dir: Path, out_dir: Path) -> dict:
         name = TABLE_OF[target]
         df = labelled[target]
         df["split"] = np.where(df["trace_id"].astype(str).isin(test_ids), "test", "train")
-        df.to_parquet(out_dir / f"{name}.parquet", index=False)
+        write_table(df, out_dir, name)
         c = regime_counts(df, "regime", by=("hardware",), regimes=list(F.REGIMES[target]))
         c.insert(1, "target", target)
         counts.append(c)
@@ -270,7 +299,7 @@ def rebalance(params: dict, labelled_dir: Path, out_dir: Path) -> dict:
         )
         frame = res.frame.copy()
         frame["sample_weight"] = res.sample_weight
-        frame.to_parquet(out_dir / f"{name}_train.parquet", index=False)
+        write_table(frame, out_dir, f"{name}_train")
         reports[target] = res.report.to_dict()
         md.append(f"## {target} ({name})\n\n{res.report.to_markdown()}")
     write_json(out_dir / "rebalance_report.json", reports)
@@ -462,10 +491,9 @@ def train(params: dict, hardware: str, labelled_dir: Path, balanced_dir: Path, o
     tables = {}
     for target in TARGETS:
         name = TABLE_OF[target]
-        tr = _read_table(Path(balanced_dir), f"{name}_train")
-        te = _read_table(Path(labelled_dir), name)
-        tables[target] = (tr[tr["hardware"].astype(str) == hardware].reset_index(drop=True),
-                          te[(te["hardware"].astype(str) == hardware) & (te["split"] == "test")].reset_index(drop=True))
+        tr = _read_table(Path(balanced_dir), f"{name}_train", hardware)
+        te = _read_table(Path(labelled_dir), name, hardware)
+        tables[target] = (tr, te[te["split"] == "test"].reset_index(drop=True))
     out_dir = _fresh_dir(Path(out_dir))
     scopes = sorted(set(_scopes(tables["beta"][0])) | set(_scopes(tables["alpha"][0])))
     specs, preds, sweeps, report = {}, [], [], {}

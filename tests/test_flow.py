@@ -87,3 +87,19 @@ def test_batch_from_a_different_load_mix_is_flagged(flow_project, tmp_path):
     assert rep["retrain_needed"], rep
     doc = json.loads((repo / "data" / "drift" / "batch-overload.json").read_text())
     assert doc["retrain_needed"] and doc["reasons"]
+
+
+def test_training_fan_out_on_a_local_dask_cluster_gives_identical_coefficients(flow_project, tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    from flows.retrain import dask_task_runner, train_fanout
+
+    repo, params, _ = flow_project
+    layout = pipeline.Layout(repo)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        monkeypatch.setenv("MOLERD_DASK_ADDRESS", cluster.scheduler_address)
+        assert type(dask_task_runner(params)).__name__ == "DaskTaskRunner"
+        out = train_fanout(params)(params, ["H100"], layout.labelled, layout.balanced, tmp_path / "models")
+    assert out[0]["hardware"] == "H100"
+    for name in ("model.json", "train_report.json", "predictions.parquet"):
+        assert (tmp_path / "models" / "H100" / name).read_bytes() == (layout.model_dir("H100") / name).read_bytes(), name

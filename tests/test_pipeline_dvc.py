@@ -110,3 +110,25 @@ def test_changing_a_training_param_reruns_training_and_what_follows_only(project
     else:  # rejected: the registry is exactly as it was
         assert after == before and registry.current_version(repo / "data" / "releases") == "v1"
     registry.verify_release(repo / "data" / "releases" / "v1")  # the old release is untouched either way
+
+
+def test_a_new_trace_batch_added_with_dvc_reruns_from_validation_and_pushes(project, tmp_path):
+    from molerd.synth import synthesize
+    from molerd.synth.dataset import config_from_section
+
+    repo, _ = project
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    config = config_from_section(params["synth"])
+    config["scenarios"] = [s for s in config["scenarios"] if s["name"] in ("light", "mixed")]
+    synthesize(config, repo / "data" / "raw" / "batch-2", seed=4242)
+    dvc(["add", "data/raw/batch-2"], repo)
+    assert (repo / "data" / "raw" / "batch-2.dvc").is_file()
+    out = dvc(["repro"], repo).stdout
+    assert ran(out) == STAGES - {"synthesize"}, out
+    runs = json.loads((repo / "data" / "processed" / "labelled" / "coverage.json").read_text())
+    assert any(r.endswith("_r0") and "light" in r for r in runs["train_runs"] + runs["test_runs"])
+    remote = tmp_path / "remote"
+    dvc(["remote", "add", "-d", "store", str(remote)], repo)
+    dvc(["push"], repo)
+    assert any(remote.rglob("*")), "dvc push wrote nothing to the remote"
+    assert "in sync" in dvc(["status", "-c"], repo).stdout
