@@ -36,13 +36,7 @@ __all__ = [
 
 
 
-try:  # the project-wide error base once molerd/exceptions.py exists; a ValueError either way
-    from molerd.exceptions import MoleRDError as _ErrorBase  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on what other modules exist yet
-    _ErrorBase = ValueError
-
-
-class CoverageError(*((_ErrorBase,) if issubclass(_ErrorBase, ValueError) else (_ErrorBase, ValueError))):
+class CoverageError(ValueError):
     """Bad input to the coverage report (missing count columns, bad min_rows or thresholds)."""
 
 

@@ -31,13 +31,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DriftError", "DriftReport", "drift_check", "population_stability_index", "regime_shift"]
 
 
-try:  # the project-wide error base once molerd/exceptions.py exists; a ValueError either way
-    from molerd.exceptions import MoleRDError as _ErrorBase  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on what other modules exist yet
-    _ErrorBase = ValueError
-
-
-class DriftError(*((_ErrorBase,) if issubclass(_ErrorBase, ValueError) else (_ErrorBase, ValueError))):
+class DriftError(ValueError):
     """Bad input to the drift check (missing feature columns, bad thresholds)."""
 
 

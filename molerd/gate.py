@@ -39,13 +39,7 @@ REJECT = "reject"
 _CHUNK_CELLS = 4_000_000
 
 
-try:  # the project-wide error base once molerd/exceptions.py exists; a ValueError either way
-    from molerd.exceptions import MoleRDError as _ErrorBase  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on what other modules exist yet
-    _ErrorBase = ValueError
-
-
-class GateError(*((_ErrorBase,) if issubclass(_ErrorBase, ValueError) else (_ErrorBase, ValueError))):
+class GateError(ValueError):
     """Bad input to the gate (mismatched lengths, non-positive targets, bad parameters)."""
 
 

@@ -196,7 +196,7 @@ def validate(params: dict, inputs: list[Path], out_dir: Path, progress: bool = F
     fmt = vp.get("format", "auto")
     out_dir = _fresh_dir(Path(out_dir))
     report = validate_inputs([Path(p) for p in inputs], out_dir, None if fmt in (None, "auto") else fmt,
-                             progress=progress)
+                             progress=progress, workers=int(vp.get("workers", 1)))
     if metrics_file is not None:
         write_json(metrics_file, {"tables": report["tables"], "file_errors": len(report["file_errors"])})
     return report

@@ -37,11 +37,14 @@ KNOWN_REGIMES = (
 #: The models compared in the report, in display order, with their labels.
 MODEL_LABELS = {
     "candidate": "MoLE-RD (candidate)",
-    "champion": "champion",
-    "blis_block": "BLIS block",
-    "blackbox": "blackbox",
-    "gbm": "GBM ceiling",
+    "champion": "champion (current release, or the blackbox before the first)",
+    "blis_block": "BLIS block (trained-physics betas)",
+    "blackbox": "BLIS blackbox (3 betas / 2 alphas)",
+    "union_ridge": "single ridge on all features",
+    "gbm": "GBM ceiling (non-linear)",
     "littles_law": "Little's law",
+    "detector_learned": "MoLE-RD, learned thresholds",
+    "detector_classifier": "MoLE-RD, classifier gate",
 }
 TARGET_LABELS = {
     "beta": "step time (beta)",

@@ -40,13 +40,7 @@ __all__ = [
 METHODS = ("weights", "resample", "none")
 
 
-try:  # the project-wide error base once molerd/exceptions.py exists; a ValueError either way
-    from molerd.exceptions import MoleRDError as _ErrorBase  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on what other modules exist yet
-    _ErrorBase = ValueError
-
-
-class RebalanceError(*((_ErrorBase,) if issubclass(_ErrorBase, ValueError) else (_ErrorBase, ValueError))):
+class RebalanceError(ValueError):
     """Bad input to a rebalancing function (unknown regime labels, bad params, test rows passed in)."""
 
 

@@ -43,13 +43,7 @@ from molerd.paths import releases_dir
 
 logger = logging.getLogger(__name__)
 
-try:  # the project-wide error base, once it exists; a report error is a ValueError either way
-    from molerd.exceptions import MoleRDError as _ErrorBase  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on what other modules exist yet
-    _ErrorBase = ValueError
-
-
-class ReportInputError(*((_ErrorBase,) if issubclass(_ErrorBase, ValueError) else (_ErrorBase, ValueError))):
+class ReportInputError(ValueError):
     """An evaluation file is missing or does not follow the contract; the message names file, key and rule."""
 
 
@@ -695,7 +689,10 @@ def build_report(
     all_models = plots.order_models(sorted({m for t in targets for m in metric_models(inputs.metrics, t)}))
     doc.h(2, "Inputs", "inputs")
     doc.ul([f"{k}: {v}" for k, v in sorted(inputs.files.items())])
-    doc.p("Units: microseconds (µs). MAPE, median and p90 absolute percentage error in percent. "
+    floors = {t: inputs.metrics[t].get("ape_floor_us") for t in targets if isinstance(inputs.metrics[t], dict)}
+    floor_text = "".join(f" APE denominator floor for {t}: {fmt(v, 0)} µs." for t, v in floors.items() if v is not None)
+    doc.p("Units: microseconds (µs). MAPE, median and p90 absolute percentage error in percent, each row's "
+          "error taken against max(measured, floor)." + floor_text + " "
           "beta = one engine step's duration; alpha = the seed's queueing delay (scheduled − queued). "
           "Models: " + "; ".join(f"{m} = {plots.model_label(m)}" for m in all_models) + ".")
     notes_at = len(doc.blocks)  # notes are inserted here at the end, once every section has added its own

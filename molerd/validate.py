@@ -20,6 +20,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -250,8 +251,35 @@ def validate_tables(
     return ValidationResult(out["steps"], out["requests"], q, counts, errors)
 
 
+def _read_one(args: tuple[Path, str | None]) -> IngestResult:
+    return read_input(*args)
+
+
+def read_inputs(inputs: list[Path], fmt: str | None = None, workers: int = 1, progress: bool = False) -> list[IngestResult]:
+    """Ingest every input, in ``workers`` processes when there are several inputs; results keep input order,
+    so the output does not depend on the number of workers."""
+    it: Any
+    if workers > 1 and len(inputs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        ex = ProcessPoolExecutor(max_workers=workers)
+        it = ex.map(_read_one, [(p, fmt) for p in inputs])
+    else:
+        ex, it = None, (read_input(p, fmt) for p in inputs)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=len(inputs), desc="ingest", unit="input")
+    try:
+        return list(it)
+    finally:
+        if ex is not None:
+            ex.shutdown()
+
+
 def validate_inputs(
-    paths: list[Path], out_dir: Path, fmt: str | None = None, *, engine: str = "fast", progress: bool = False
+    paths: list[Path], out_dir: Path, fmt: str | None = None, *, engine: str = "fast", progress: bool = False,
+    workers: int = 1,
 ) -> dict:
     """Read every input (files or folders, recursively; run folders grouped), validate, write the outputs.
 
@@ -261,14 +289,7 @@ def validate_inputs(
     """
     out_dir = Path(out_dir)
     inputs = iter_inputs([Path(p) for p in paths])
-    results: list[IngestResult] = []
-    it = inputs
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(inputs, desc="ingest", unit="input")
-    for p in it:
-        results.append(read_input(p, fmt))
+    results = read_inputs(inputs, fmt, workers, progress)
     steps_parts, req_parts, step_src, req_src = [], [], [], []
     rejected = [empty_quarantine()]
     file_errors: list[tuple[str, str]] = []

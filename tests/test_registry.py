@@ -112,3 +112,72 @@ def test_concurrent_publishers_cannot_both_win(tmp_path, docs):
     assert sorted(r == "ok" for r in results) == [False, True]
     registry.verify_release(tmp_path / "v1")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+_KILLED_WRITER = """
+import json, sys, time
+from pathlib import Path
+from molerd import registry
+root, doc_file, ready = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+doc = json.loads(doc_file.read_text())
+real, n = registry._fsync_write, [0]
+def slow(path, data):
+    real(path, data)
+    n[0] += 1
+    if n[0] == 2:          # half a release on disk: announce it, then hang until killed
+        ready.write_text("half written")
+        time.sleep(600)
+registry._fsync_write = slow
+registry.publish_next(root, "v", lambda version: (dict(doc, version=version), {}))
+"""
+
+
+def test_sigkill_mid_publish_leaves_no_partial_release_and_the_next_run_recovers(tmp_path, docs):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "releases"
+    registry.publish_release(root, "v1", docs[0])
+    before = registry.list_releases(root)
+    (tmp_path / "doc.json").write_text(json.dumps(docs[1]))
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(root), str(tmp_path / "doc.json"), str(ready)])
+    try:
+        for _ in range(600):
+            if ready.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready.exists(), "the writer never reached the middle of its release"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    # killed mid-way: its half-written release sits in a hidden temp folder, never under a version name
+    assert [p.name for p in root.iterdir() if p.name.startswith(".tmp-")]
+    assert registry.list_releases(root) == before and registry.current_version(root) == "v1"
+    assert not (root / "v2").exists()
+    # the next run takes the lock the dead writer held (the kernel released it), cleans up and publishes
+    d = registry.publish_next(root, "v", lambda version: (dict(docs[1], version=version), {}))
+    assert d.name == "v2" and registry.current_version(root) == "v2"
+    registry.verify_release(d)
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+
+
+def _publish_next(args):
+    root, doc = args
+    return registry.publish_next(Path(root), "v", lambda version: (dict(doc, version=version), {})).name
+
+
+def test_two_pipeline_runs_at_once_get_two_versions_and_a_consistent_registry(tmp_path, docs):
+    with mp.get_context("fork").Pool(2) as pool:
+        names = pool.map(_publish_next, [(str(tmp_path), docs[0]), (str(tmp_path), docs[1])])
+    assert sorted(names) == ["v1", "v2"]
+    for v in names:
+        registry.verify_release(tmp_path / v)
+    assert registry.current_version(tmp_path) in names
+    assert [r["version"] for r in registry.list_releases(tmp_path)] == ["v1", "v2"]

@@ -13,6 +13,7 @@ def validate_cmd(
     out: Path = typer.Option(..., "--out", help="output folder for steps/requests/quarantine parquet + report"),
     fmt: Optional[str] = typer.Option(None, "--format", help="otel | vllm-stats | canonical (default: detect)"),
     engine: str = typer.Option("fast", "--engine", help="fast (vectorised checks) | pandera (reference)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="processes reading inputs in parallel"),
 ) -> None:
     """Validate traces against the data contract; bad rows go to the quarantine with every rule they broke."""
     from molerd.validate import validate_inputs
@@ -21,7 +22,7 @@ def validate_cmd(
         typer.echo(f"--format must be one of otel, vllm-stats, canonical; got {fmt!r}", err=True)
         raise typer.Exit(2)
     big = sum(p.stat().st_size for p in inputs if p.is_file()) > 50e6 or any(p.is_dir() for p in inputs)
-    report = validate_inputs(inputs, out, fmt, engine=engine, progress=big)
+    report = validate_inputs(inputs, out, fmt, engine=engine, progress=big, workers=workers)
     for table, c in report["tables"].items():
         typer.echo(f"{table}: {c['accepted']} accepted, {c['quarantined']} quarantined, {c['total']} total")
     for e in report["file_errors"]:
