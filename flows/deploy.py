@@ -19,7 +19,7 @@ def main() -> None:
     retrain.serve(
         name=sched.get("name", "molerd-nightly-retrain"),
         cron=sched.get("cron", "0 3 * * *"),
-        parameters={"root": ".", "new_traces": sched.get("incoming"), "dvc_version": bool(sched.get("dvc_version", True)),
+        parameters={"root": ".", "incoming": sched.get("incoming"), "dvc_version": bool(sched.get("dvc_version", True)),
                     "dvc_push": bool(sched.get("dvc_push", False))},
     )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
@@ -64,6 +63,7 @@ def retrain(
     root: str = ".",
     params_path: str = "params.yaml",
     new_traces: str | None = None,
+    incoming: str | None = None,
     synthesize_default: bool = False,
     force: bool = False,
     dvc_version: bool = False,
@@ -74,10 +74,12 @@ def retrain(
     Parameters
     ----------
     root : the project checkout (holds params.yaml, data/, dvc.yaml).
-    new_traces : a folder of new runs; it is copied to ``data/raw/<name>`` and drift-checked first.
+    new_traces : a folder of new runs (one batch); it is copied to ``data/raw/<name>`` and drift-checked first.
+    incoming : a folder whose sub-folders are batches; those not yet under ``data/raw`` are the new ones
+        (what the scheduled deployment passes). Nothing new there: the run records "no new traces".
     synthesize_default : (re)generate the embedded default data before training.
-    force : retrain even when the drift check says it is not needed.
-    dvc_version : ``dvc add`` the new batch and ``dvc commit`` the stages' outputs into dvc.lock.
+    force : retrain even when there is nothing new or the drift check says it is not needed.
+    dvc_version : ``dvc add`` the new batches and ``dvc commit`` the stages' outputs into dvc.lock.
     dvc_push : also ``dvc push`` to the configured remote.
     """
     logger = get_run_logger()
@@ -85,21 +87,23 @@ def retrain(
     params = pipeline.load_params(root_p / params_path)
     layout = pipeline.Layout(root_p)
     summary: dict = {}
-    batch_dir = None
-    if new_traces:
-        src = Path(new_traces)
-        batch_dir = layout.raw / src.name
-        if batch_dir.resolve() != src.resolve():
-            if batch_dir.exists():
-                raise FileExistsError(f"{batch_dir} already exists: name the new batch differently")
-            shutil.copytree(src, batch_dir)
-        if layout.labelled.exists():
-            summary["drift"] = stages.drift_check(params, layout, batch_dir)
-            if not summary["drift"]["retrain_needed"] and not force:
-                summary.update(decision="no retrain needed", reason="drift and error below the thresholds")
-                logger.info("no retrain needed: %s", json.dumps(summary["drift"].get("reasons", [])))
-                create_markdown_artifact(_summary_markdown(summary), key="molerd-retrain-summary")
-                return summary
+    sources = [Path(new_traces)] if new_traces else []
+    if incoming:
+        sources += pipeline.pending_batches(Path(incoming), layout.raw)
+        if not sources and not synthesize_default and not force:
+            summary.update(decision="no new traces", reason=f"no new batch in {incoming}")
+            create_markdown_artifact(_summary_markdown(summary), key="molerd-retrain-summary")
+            return summary
+    batch_dirs = [stages.copy_batch(src, layout.raw) for src in sources]
+    if batch_dirs and layout.labelled.exists():
+        checks = {b.name: stages.drift_check(params, layout, b) for b in batch_dirs}
+        summary["drift"] = {"batches": checks, "retrain_needed": any(c["retrain_needed"] for c in checks.values()),
+                            "reasons": [f"{name}: {r}" for name, c in checks.items() for r in c.get("reasons", [])]}
+        if not summary["drift"]["retrain_needed"] and not force:
+            summary.update(decision="no retrain needed", reason="drift and error below the thresholds")
+            logger.info("no retrain needed: %s", json.dumps(summary["drift"]["reasons"]))
+            create_markdown_artifact(_summary_markdown(summary), key="molerd-retrain-summary")
+            return summary
     if synthesize_default:
         stages.synthesize(params, layout.default_raw)
     inputs = [layout.root / p for p in (params.get("validate") or {}).get("inputs", ["data/raw"])]
@@ -113,7 +117,7 @@ def retrain(
     rel = stages.release(params, layout)
     summary.update(rel)
     if dvc_version:
-        if batch_dir is not None:
+        for batch_dir in batch_dirs:
             stages.dvc(["add", str(batch_dir.relative_to(root_p))], root_p)
         stages.dvc(["commit", "-f"], root_p)
         if dvc_push:
@@ -127,13 +131,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Run the MoLE-RD retraining flow once.")
     ap.add_argument("--root", default=".")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--new-traces", default=None)
+    ap.add_argument("--new-traces", default=None, help="a folder of new runs (one batch)")
+    ap.add_argument("--incoming", default=None, help="a folder of batches; the ones not yet in data/raw are new")
     ap.add_argument("--synthesize-default", action="store_true")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--dvc-version", action="store_true")
     ap.add_argument("--dvc-push", action="store_true")
     a = ap.parse_args(argv)
-    out = retrain(root=a.root, params_path=a.params, new_traces=a.new_traces, synthesize_default=a.synthesize_default,
+    out = retrain(root=a.root, params_path=a.params, new_traces=a.new_traces, incoming=a.incoming,
+                  synthesize_default=a.synthesize_default,
                   force=a.force, dvc_version=a.dvc_version, dvc_push=a.dvc_push)
     print(json.dumps({k: out.get(k) for k in ("decision", "version", "current", "release_dir", "report")}, indent=2))
 

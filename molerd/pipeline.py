@@ -440,6 +440,22 @@ def _detector_info(est) -> dict:
     return {"thresholds": spec.get("thresholds")}
 
 
+def gate_jumps(est, rows: pd.DataFrame, n_rows: int = 25, seed: int = 0) -> list[dict]:
+    """Largest prediction jump across each gate boundary, hard gate vs the soft one, over up to ``n_rows``
+    held-out rows (:func:`molerd.regimes.boundary_jumps`): a hard gate's jump stays as the grid refines,
+    the soft gate's shrinks toward 0."""
+    from molerd.regimes import RuleDetector, boundary_jumps
+
+    if not isinstance(est.detector_, RuleDetector) or len(rows) == 0:
+        return []
+    base = rows.sample(n=min(n_rows, len(rows)), random_state=seed).reset_index(drop=True)
+    hard = boundary_jumps(est, base, predict=lambda X: hard_and_soft(est, X)[0])
+    soft = boundary_jumps(est, base, predict=lambda X: hard_and_soft(est, X)[1])
+    return [{"regime": h["regime"], "input": h["input"], "threshold": h["threshold"], "width": h["width"],
+             "max_jump_hard_pct": 100.0 * h["max_rel_jump"], "max_jump_soft_pct": 100.0 * s_["max_rel_jump"]}
+            for h, s_ in zip(hard.to_dict("records"), soft.to_dict("records"))]
+
+
 def _fit_target(params: dict, target: str, train: pd.DataFrame, test: pd.DataFrame, kind: str,
                 with_baselines: bool) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None, dict]:
     """Fit the candidate (and baselines) for one scope and target; predictions for its test rows."""
@@ -479,6 +495,7 @@ def _fit_target(params: dict, target: str, train: pd.DataFrame, test: pd.DataFra
     info["test_rows"] = int(len(te))
     info["ape_floor_us"] = floor
     info["test"] = {name: summarize(pf["y_true"], pf[f"pred_{name}"], floor) for name in models}
+    info["gate_jumps"] = gate_jumps(cand, te, seed=int(params["base"]["seed"]))
     return cand.to_spec(), pf, transition_sweep(cand, te, target), info
 
 
@@ -649,6 +666,12 @@ def evaluate(params: dict, layout: Layout) -> dict:
     sweeps = [pd.read_parquet(layout.model_dir(h) / "sweep.parquet") for h in hw]
     pd.concat([s for s in sweeps if len(s)], ignore_index=True).to_parquet(out / "sweep.parquet", index=False)
     shutil.copy(layout.labelled / "coverage.json", out / "coverage.json")
+    jumps = []
+    for h in hw:
+        for sname, rep in sorted(json.loads((layout.model_dir(h) / "train_report.json").read_text()).items()):
+            for target in TARGETS:
+                jumps += [{"scope": sname, "target": target, **j} for j in (rep.get(target) or {}).get("gate_jumps", [])]
+    write_json(out / "gate_jumps.json", _round_floats(jumps))
     metrics = _round_floats(metrics_summary(pred, {t: floor_for(params, t) for t in TARGETS}))
     write_json(out / "metrics.json", metrics)
     write_json(out / "champion.json", champ)
@@ -700,6 +723,29 @@ def gate(params: dict, layout: Layout) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def pending_batches(incoming: Path, raw_dir: Path) -> list[Path]:
+    """Sub-folders of ``incoming`` (each a batch of runs) not yet copied under ``raw_dir``, sorted by name."""
+    if not Path(incoming).is_dir():
+        return []
+    return sorted(p for p in Path(incoming).iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and not (Path(raw_dir) / p.name).exists())
+
+
+def copy_batch(src: Path, raw_dir: Path) -> Path:
+    """Copy a batch folder to ``raw_dir/<name>`` (via a temp name, so a failed copy leaves nothing half
+    there); a batch already under that name is an error unless it is the same folder."""
+    src, dest = Path(src), Path(raw_dir) / Path(src).name
+    if dest.exists():
+        if dest.resolve() == src.resolve():
+            return dest
+        raise FileExistsError(f"{dest} already exists: name the new batch differently")
+    tmp = Path(raw_dir) / f".incoming-{src.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    tmp.rename(dest)
+    return dest
+
+
 def drift(params: dict, layout: Layout, batch_dir: Path) -> dict:
     """Compare a new batch of traces with the training data: feature distributions, regime mix, and the
     current release's step-time MAPE on it. Writes ``data/drift/<batch>.json`` and ``.md``."""
@@ -743,7 +789,8 @@ def drift(params: dict, layout: Layout, batch_dir: Path) -> dict:
 # Release
 # ---------------------------------------------------------------------------------------------------------
 
-EVAL_FILES = ("metrics.json", "champion.json", "coverage.json", "predictions.parquet", "sweep.parquet")
+EVAL_FILES = ("metrics.json", "champion.json", "coverage.json", "predictions.parquet", "sweep.parquet",
+              "gate_jumps.json")
 
 
 def _sha256_files(paths: list[Path]) -> str:

@@ -211,7 +211,8 @@ def _set_gate_input(rows: pd.DataFrame, gate_input: str, value: float) -> pd.Dat
     return out
 
 
-def boundary_jumps(estimator, rows: pd.DataFrame, half_range: float | None = None, n_grid: int = 201) -> pd.DataFrame:
+def boundary_jumps(estimator, rows: pd.DataFrame, half_range: float | None = None, n_grid: int = 201,
+                   predict: Callable[[pd.DataFrame], np.ndarray] | None = None) -> pd.DataFrame:
     """Largest prediction jump across each rule boundary.
 
     For every rule of ``estimator.detector_`` (a fitted MoLERegressor with a rule detector), sweep that
@@ -219,8 +220,10 @@ def boundary_jumps(estimator, rows: pd.DataFrame, half_range: float | None = Non
     prefill_ratio at constant batch tokens) for each base row, and report the largest relative change
     between neighbouring points, max |Δŷ| / mean(ŷ). With hard gating it stays finite as the grid refines
     (a discontinuity); with soft gating it shrinks toward 0. One row per rule: regime, input, threshold,
-    max_rel_jump.
+    max_rel_jump. ``predict`` (default ``estimator.predict``) lets a caller sweep another prediction of the
+    same fitted experts, e.g. the hard-gated one.
     """
+    predict = predict or estimator.predict
     out = []
     for rule in estimator.detector_.rules_:
         h = half_range if half_range is not None else max(2.0 * DEFAULT_WIDTHS[rule.input], 1e-3)
@@ -232,7 +235,7 @@ def boundary_jumps(estimator, rows: pd.DataFrame, half_range: float | None = Non
         grid = np.linspace(lo, hi, n_grid)
         k = len(rows)
         stacked = rows.iloc[np.tile(np.arange(k), n_grid)].reset_index(drop=True)
-        preds = estimator.predict(_set_gate_input(stacked, rule.input, np.repeat(grid, k))).reshape(n_grid, k).T
+        preds = predict(_set_gate_input(stacked, rule.input, np.repeat(grid, k))).reshape(n_grid, k).T
         rel = np.abs(np.diff(preds, axis=1)) / np.maximum(preds.mean(axis=1, keepdims=True), 1e-12)
         out.append({"regime": rule.regime, "input": rule.input, "threshold": rule.threshold,
                     "width": rule.width, "max_rel_jump": float(rel.max())})

@@ -60,6 +60,7 @@ _INPUT_FILES = {
     "coverage": "coverage.json",
     "sweep": "sweep.parquet",
     "thresholds": "thresholds.json",
+    "jumps": "gate_jumps.json",
 }
 
 
@@ -98,6 +99,7 @@ class EvalInputs:
     predictions: pd.DataFrame | None = None
     coverage: dict[str, Any] | None = None
     sweep: pd.DataFrame | None = None
+    jumps: list[dict[str, Any]] | None = None
     thresholds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # input name -> path relative to eval_dir
     notes: list[str] = field(default_factory=list)
@@ -308,7 +310,7 @@ def load_eval_inputs(eval_dir: Path, *, thresholds: Any = None, strict: bool = F
     def optional(key: str, reader):
         path = paths[key]
         if path is None:
-            if key != "thresholds":
+            if key not in ("thresholds", "jumps"):
                 inputs.notes.append(f"{_INPUT_FILES[key]} not found: the sections that need it are left out.")
             return None
         try:
@@ -326,6 +328,7 @@ def load_eval_inputs(eval_dir: Path, *, thresholds: Any = None, strict: bool = F
     inputs.coverage = optional("coverage", lambda p: validate_coverage(_read_json(p), files["coverage"]))
     inputs.sweep = optional("sweep", lambda p: validate_sweep(pd.read_parquet(p), files["sweep"]))
     file_thr = optional("thresholds", lambda p: normalize_thresholds(_read_json(p))) or {}
+    inputs.jumps = optional("jumps", lambda p: _as_list(_read_json(p), files["jumps"]))
 
     targets = sorted(set(TARGETS) | set(inputs.metrics))
     arg_thr = normalize_thresholds(thresholds, targets) if thresholds else {}
@@ -350,6 +353,12 @@ def load_eval_inputs(eval_dir: Path, *, thresholds: Any = None, strict: bool = F
         inputs.notes.append("No regime thresholds given (argument, gate.json 'thresholds' or thresholds.json): "
                             "residual plots are drawn without threshold lines.")
     return inputs
+
+
+def _as_list(obj: Any, source: str) -> list[dict[str, Any]]:
+    if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+        raise ReportInputError(f"{source}: must be a JSON list of objects, got {type(obj).__name__}")
+    return obj
 
 
 def _as_object(obj: Any, source: str) -> dict[str, Any]:
@@ -871,25 +880,38 @@ def _sweep_section(doc: _Doc, inputs: EvalInputs, img_dir: Path) -> None:
     if sweep is None or sweep.empty:
         doc.p("sweep.parquet not available: the hard-vs-soft gate comparison is left out.")
         return
-    scope_cols = [c for c in ("hardware", "model", "tp") if c in sweep.columns]
-    if scope_cols and len(sweep[scope_cols].drop_duplicates()) > 1:
-        first = sweep[scope_cols].astype(str).drop_duplicates().sort_values(scope_cols).iloc[0]
-        keep = (sweep[scope_cols].astype(str) == first).all(axis=1)
-        doc.p(f"sweep.parquet holds several scopes; shown: {', '.join(f'{c}={first[c]}' for c in scope_cols)} "
-              f"({int(keep.sum())} of {len(sweep)} sweep rows).")
-        sweep = sweep[keep]
+    scope_cols = [c for c in ("scope", "hardware", "model", "tp") if c in sweep.columns]
+    sweep = sweep.assign(_scope=sweep[scope_cols].astype(str).agg("/".join, axis=1) if scope_cols else "all")
     rows = []
-    for (t, a), part in sweep.groupby(["target", "axis"], sort=True):
+    for (sc, t, a), part in sweep.groupby(["_scope", "target", "axis"], sort=True):
         x = part["x"].to_numpy(dtype=float)
-        rows.append([str(t), str(a), fmt_count(len(part)),
+        rows.append([str(sc), str(t), str(a), fmt_count(len(part)),
                      fmt(_max_jump_pct(x, part["pred_hard"].to_numpy(dtype=float))),
                      fmt(_max_jump_pct(x, part["pred_soft"].to_numpy(dtype=float))),
                      ", ".join(fmt(v) for v in inputs.thresholds.get(str(t), {}).get(str(a), [])) or MISSING])
-    doc.table(_Table("sweep-jumps", ["target", "axis", "points", "largest step, hard gate (%)",
+    doc.table(_Table("sweep-jumps", ["scope", "target", "axis", "points", "largest step, hard gate (%)",
                                      "largest step, soft gate (%)", "thresholds"],
-                     ["target", "axis", "points", "max_jump_hard_pct", "max_jump_soft_pct", "thresholds"], rows))
-    doc.p("Largest step = biggest change between neighbouring sweep points, in % of the prediction. A hard gate "
+                     ["scope", "target", "axis", "points", "max_jump_hard_pct", "max_jump_soft_pct", "thresholds"],
+                     rows))
+    doc.p("Each sweep moves one gate input of a held-out row of the scope across its range, all else fixed. "
+          "Largest step = biggest change between neighbouring sweep points, in % of the prediction. A hard gate "
           "jumps where the regime switches; the soft gate should not.")
+    if inputs.jumps:
+        doc.h(3, "Jump across each gate boundary, hard vs soft", "boundary-jumps")
+        jrows = [[str(j.get("scope")), str(j.get("target")), str(j.get("regime")), str(j.get("input")),
+                  fmt(j.get("threshold")), fmt(j.get("width")), fmt(j.get("max_jump_hard_pct")),
+                  fmt(j.get("max_jump_soft_pct"))] for j in inputs.jumps]
+        doc.table(_Table("boundary-jumps", ["scope", "target", "regime", "gate input", "threshold", "width",
+                                            "largest jump, hard (%)", "largest jump, soft (%)"],
+                         ["scope", "target", "regime", "input", "threshold", "width", "max_jump_hard_pct",
+                          "max_jump_soft_pct"], jrows))
+        doc.p("Each gate input swept over threshold ± 2 widths on 201 points for up to 25 held-out rows of the "
+              "scope, the same fitted experts under the hard (zero-width) and the soft gate; largest change "
+              "between neighbouring points in % of the row's mean prediction.")
+    first = sorted(sweep["_scope"].unique())[0]
+    if sweep["_scope"].nunique() > 1:
+        doc.p(f"Plotted: scope {first} ({int((sweep['_scope'] == first).sum())} of {len(sweep)} sweep rows).")
+    sweep = sweep[sweep["_scope"] == first]
     name = "gate_sweep.png"
     plots.sweep_panels(sweep, inputs.thresholds, img_dir / name, title="Prediction along the sweep: hard vs soft gate")
     _img(doc, img_dir, name, "hard vs soft gate along the sweep")

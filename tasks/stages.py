@@ -56,6 +56,11 @@ def release(params: dict, layout: pipeline.Layout) -> dict:
     return pipeline.release(params, layout)
 
 
+@task(name="copy-batch", cache_policy=NO_CACHE, **IO_RETRIES)
+def copy_batch(src: Path, raw_dir: Path) -> Path:
+    return pipeline.copy_batch(src, raw_dir)
+
+
 @task(name="drift-check", cache_policy=NO_CACHE)
 def drift_check(params: dict, layout: pipeline.Layout, batch_dir: Path) -> dict:
     return pipeline.drift(params, layout, batch_dir)

@@ -72,12 +72,16 @@ def test_same_mix_batch_needs_no_retrain(flow_project, tmp_path):
     from flows.retrain import retrain
 
     repo, params, _ = flow_project
-    batch = _batch(tmp_path / "batch-same", params, seed=777)
-    summary = retrain(root=str(repo), new_traces=str(batch))
+    incoming = tmp_path / "incoming"  # what the scheduled deployment watches: one sub-folder per batch
+    _batch(incoming / "batch-same", params, seed=777)
+    summary = retrain(root=str(repo), incoming=str(incoming))
     assert summary["decision"] == "no retrain needed", summary["drift"]["reasons"]
-    assert not summary["drift"]["retrain_needed"]
+    assert not summary["drift"]["retrain_needed"] and list(summary["drift"]["batches"]) == ["batch-same"]
     assert (repo / "data" / "drift" / "batch-same.json").is_file()
+    assert (repo / "data" / "raw" / "batch-same").is_dir()  # kept: it joins the next training data
     assert registry.current_version(repo / "data" / "releases") == "v1"  # nothing was retrained or released
+    again = retrain(root=str(repo), incoming=str(incoming))  # the next scheduled run: nothing new
+    assert again["decision"] == "no new traces"
 
 
 def test_batch_from_a_different_load_mix_is_flagged(flow_project, tmp_path):

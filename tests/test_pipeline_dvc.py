@@ -60,6 +60,14 @@ def test_first_repro_runs_every_stage_and_publishes_a_release(project):
     assert (rdir / "report" / "index.html").is_file() and list((rdir / "report" / "img").glob("*.png"))
     gate = json.loads((rdir / "gate.json").read_text())
     assert gate["decision"] == "promote" and gate["champion"] == "blis-blackbox baseline"
+    # the soft gate removes the jumps the hard gate makes at every rule boundary (measured on held-out rows)
+    jumps = json.loads((rdir / "eval" / "gate_jumps.json").read_text())
+    assert {(j["target"], j["regime"]) for j in jumps} >= {("beta", "prefill_dominated"), ("beta", "saturation"),
+                                                         ("alpha", "low_load"), ("alpha", "high_pressure")}
+    for j in jumps:
+        assert j["max_jump_soft_pct"] <= j["max_jump_hard_pct"], j
+    assert max(j["max_jump_hard_pct"] for j in jumps) > 5 * max(j["max_jump_soft_pct"] for j in jumps)
+    assert 'id="boundary-jumps"' in (rdir / "report" / "index.html").read_text(encoding="utf-8")
 
 
 def test_validation_keeps_its_quarantine_and_counts(project):

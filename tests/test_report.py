@@ -231,8 +231,8 @@ def test_gate_and_coverage_tables(built):
     assert "L40S" in [r[0] for r in cov["rows"]]
     l40s = dict(zip(cov["keys"], next(r for r in cov["rows"] if r[0] == "L40S"), strict=True))
     assert l40s["decode_dominated"] == "0" and l40s["saturation"] == "0"
-    sweep = {(r[0], r[1]): r for r in page.tables["sweep-jumps"]["rows"]}
-    hard, soft = float(sweep[("beta", "kv_usage_ratio")][3]), float(sweep[("beta", "kv_usage_ratio")][4])
+    sweep = {(r[1], r[2]): r for r in page.tables["sweep-jumps"]["rows"]}  # one scope here: (target, axis)
+    hard, soft = float(sweep[("beta", "kv_usage_ratio")][4]), float(sweep[("beta", "kv_usage_ratio")][5])
     assert hard > 30 and soft < hard / 3  # the hard gate jumps by 500/1500; the soft one is smooth
     assert "L40S" in index.read_text(encoding="utf-8")  # the missing-regime list
 

@@ -47,7 +47,14 @@ def register(app: typer.Typer) -> None:
 
     @rel_app.command("export-blis")
     def export_cmd(version: str, scope: str = typer.Option(..., "--scope", help="e.g. H100_llama-3.1-8b-instruct_tp1"),
-                   snippet: bool = typer.Option(False, "--snippet", help="print the defaults.yaml snippet"),
+                   snippet: bool = typer.Option(False, "--snippet", help="the defaults.yaml snippet instead of flags"),
+                   out: Optional[Path] = typer.Option(None, "--out", help="write to this file instead of printing"),
                    root: Optional[Path] = RootOpt) -> None:
-        """Print the BLIS --alpha-coeffs/--beta-coeffs flags (or the defaults.yaml snippet) of one scope."""
-        typer.echo(_run(lambda: registry.export_blis(root, version, scope, snippet=snippet)), nl=False)
+        """The BLIS --alpha-coeffs/--beta-coeffs flags (or, with --snippet, the defaults.yaml snippet) of one
+        scope, printed or written with --out; `blis run ... $(molerd release export-blis v1 --scope S)`."""
+        text = _run(lambda: registry.export_blis(root, version, scope, snippet=snippet))
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            out.write_text(text)
+            typer.echo(f"wrote {out}")
