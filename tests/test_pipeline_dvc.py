@@ -6,6 +6,7 @@ then a training-param change that must rerun training and what follows, and noth
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -17,6 +18,7 @@ import yaml
 from molerd import registry
 from molerd.release import check_golden, load
 from pipeline_project import dvc, make_project, run, small_params
+from release_helpers import go_test_golden
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +69,20 @@ def test_first_repro_runs_every_stage_and_publishes_a_release(project):
     for j in jumps:
         assert j["max_jump_soft_pct"] <= j["max_jump_hard_pct"], j
     assert max(j["max_jump_hard_pct"] for j in jumps) > 5 * max(j["max_jump_soft_pct"] for j in jumps)
-    assert 'id="boundary-jumps"' in (rdir / "report" / "index.html").read_text(encoding="utf-8")
+    page = (rdir / "report" / "index.html").read_text(encoding="utf-8")
+    assert 'id="boundary-jumps"' in page
+    # thin regimes of the small preset fall back to the global expert: the report says so, with the reason
+    notes = json.loads((rdir / "eval" / "model_notes.json").read_text())
+    fallbacks = [n for n in notes if n["kind"].startswith("regime ")]
+    assert fallbacks and all("min_rows" in n["detail"] or "gated rows" in n["detail"] for n in fallbacks)
+    assert 'id="model-notes"' in page and html.escape(fallbacks[0]["detail"]) in page
+
+
+def test_the_go_evaluator_reproduces_the_pipelines_release(project):
+    repo, _ = project
+    out = go_test_golden(repo / "data" / "releases" / "v1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "golden cases agree" in out.stdout
 
 
 def test_validation_keeps_its_quarantine_and_counts(project):
