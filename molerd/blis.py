@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
+from molerd import features as F
 from molerd import metrics
-from molerd.specs import BYTES_PER_PARAM, hardware, model
+from molerd.specs import BYTES_PER_PARAM, model
 
 BETA_TERMS: tuple[str, ...] = (
     "T_pf_compute",  # β1a
@@ -105,28 +106,11 @@ class BlisBlock:
 
 
 def scope_constants(hardware_name: str, model_name: str, tp: int) -> dict[str, float]:
-    """The per-scope physical constants the roofline terms use (also written into releases for the Go side)."""
-    hw = hardware(hardware_name)
+    """The per-scope constants the roofline terms use: the feature catalog's (:func:`molerd.features.
+    scope_constants`, one definition for both) plus the hidden size and bytes per parameter."""
     m = model(model_name)
-    tp = int(tp)
-    if tp < 1:
-        raise ValueError(f"tp must be >= 1 for scope ({hardware_name}, {model_name}), got {tp}")
-    return {
-        "tp": float(tp),
-        "flops_per_us": hw.flops_per_us,
-        "bytes_per_us": hw.bytes_per_us,
-        "interconnect_bytes_per_us": hw.intra_node_bw_gbs * 1e3,
-        "flops_per_token": float(m.flops_per_token),
-        "attention_flops_per_context_token": float(m.attention_flops_per_context_token),
-        "kv_bytes_per_token": float(m.kv_bytes_per_token),
-        "weight_bytes": float(m.weight_bytes),
-        "num_layers": float(m.num_layers),
-        "hidden_size": float(m.hidden_size),
-        "is_moe": 1.0 if m.is_moe else 0.0,
-        "num_experts": float(m.num_experts),
-        "experts_per_token": float(m.experts_per_token),
-        "bytes_per_param": float(BYTES_PER_PARAM),
-    }
+    return {**F.scope_constants(hardware_name, model_name, tp), "hidden_size": float(m.hidden_size),
+            "bytes_per_param": float(BYTES_PER_PARAM)}
 
 
 def _terms_for_scope(df: pd.DataFrame, c: dict[str, float], missing: str, where: str) -> pd.DataFrame:
@@ -154,7 +138,7 @@ def _terms_for_scope(df: pd.DataFrame, c: dict[str, float], missing: str, where:
         "T_pf_compute": (pf * c["flops_per_token"] + c["attention_flops_per_context_token"] * pf_att) / flops,
         "T_dc_compute": (dc * c["flops_per_token"] + c["attention_flops_per_context_token"] * dc_ctx) / flops,
         "T_weight": np.full(n, c["weight_bytes"] / bw),
-        "T_tp": allreduce_bytes / c["interconnect_bytes_per_us"],
+        "T_tp": allreduce_bytes / c["link_bytes_per_us"],
         "L": np.full(n, c["num_layers"]),
         "batch_size": (df["num_prefill_reqs"].to_numpy(dtype="float64") + df["num_decode_reqs"].to_numpy(dtype="float64")),
         "constant": np.ones(n),

@@ -312,6 +312,8 @@ def union_features(target: str, feature_set: str = "physics") -> list[str]:
 # ----------------------------------------------------------------------------------- scope constants
 def scope_constants(hardware_name: str, model_name: str, tp: int) -> dict[str, float]:
     """The constants every feature may use for one (hardware, model, tp) scope (plain floats, JSON-safe)."""
+    if int(tp) < 1:
+        raise ValueError(f"tp must be >= 1 for scope ({hardware_name}, {model_name}), got {tp}")
     hw, m = hardware(hardware_name), model(model_name)
     expert_bytes = float(m.num_layers * m.num_experts * m.params_mlp_per_expert * BYTES_PER_PARAM) if m.is_moe else 0.0
     return {
