@@ -70,13 +70,19 @@ def empty_quarantine() -> pd.DataFrame:
     )
 
 
-def quarantine_frame(records: list[dict]) -> pd.DataFrame:
-    """Build a quarantine table from dict records (keys = QUARANTINE_COLUMNS)."""
+def quarantine_frame(records: list[dict] | dict) -> pd.DataFrame:
+    """Build a quarantine table from dict records, or from columns (a list per column, or one value for every
+    row), keys = QUARANTINE_COLUMNS. Columns are typed directly: no intermediate object-dtype frame."""
     if not records:
         return empty_quarantine()
-    df = pd.DataFrame.from_records(records, columns=QUARANTINE_COLUMNS)
-    out = empty_quarantine()
-    return pd.concat([out, df.astype(out.dtypes.to_dict())], ignore_index=True)
+    if isinstance(records, dict):
+        cols = {c: records.get(c) for c in QUARANTINE_COLUMNS}
+        n = max(len(v) for v in cols.values() if isinstance(v, list))
+        cols = {c: v if isinstance(v, list) else [v] * n for c, v in cols.items()}
+    else:
+        cols = {c: [r.get(c) for r in records] for c in QUARANTINE_COLUMNS}
+    dtypes = empty_quarantine().dtypes
+    return pd.DataFrame({c: pd.Series(v, dtype=dtypes[c]) for c, v in cols.items()})
 
 
 def json_values(values: dict) -> str:
@@ -188,5 +194,7 @@ def join_engine_state(
 
 
 def step_columns() -> list[str]:
-    """Canonical step columns in schema order (optional ones included)."""
-    return list(StepsSchema.to_schema().columns)
+    """Canonical step columns in schema order (optional ones included). Read from the model's fields, not
+    ``to_schema()``: pandera's first schema build imports every dataframe backend installed (dask: ~1.4 s and
+    ~50 MB), a fixed cost an ingest-only (e.g. worker) process need not pay."""
+    return [field.name for _, field in StepsSchema.__fields__.values()]

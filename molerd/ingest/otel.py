@@ -448,9 +448,11 @@ def _first_per_req(req: np.ndarray, mask: np.ndarray, values: np.ndarray, n: int
 
 
 def _build_requests(reader: _Reader, steps: pd.DataFrame, pre_win: float, svc_win: float):
-    j = {k: _np(v) for k, v in reader.j.items()}
-    order = np.lexsort((j["seq"], j["ts_us"], j["req"])) if len(j["req"]) else np.zeros(0, dtype=int)
-    j = {k: v[order] for k, v in j.items()}
+    raw = reader.j
+    order = np.lexsort([_np(raw[k]) for k in ("seq", "ts_us", "req")]) if len(raw["req"]) else np.zeros(0, dtype=int)
+    # The sorted columns replace the reader's unsorted ones one at a time (each is freed once copied), so the
+    # sort costs one extra column, not a second copy of every journey column for the rest of the ingest.
+    j = {k: _np(raw.pop(k))[order] for k in list(raw)}
     reader.j_sorted = j
     n = len(reader.req_ids)
     ids = np.array(list(reader.req_ids), dtype=object)
@@ -525,7 +527,7 @@ def _build_requests(reader: _Reader, steps: pd.DataFrame, pre_win: float, svc_wi
         "finished_us": finished, "departed_us": departed, "prompt_tokens": prompt, "output_tokens": out_tok,
         "cached_prompt_tokens": cached, "num_preemptions": n_pre, "status": status, **state,
     })  # fmt: skip
-    df = df[has_events | matched].copy()
+    df = df[has_events | matched]
     # API-only requests (never reached the engine): rows with what the API knows.
     if extra_rows:
         ex = pd.DataFrame({
