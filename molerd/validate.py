@@ -85,8 +85,21 @@ def _coerce(s: pd.Series, dtype: str) -> tuple[pd.Series, np.ndarray]:
         out[low.isin(_TRUE).fillna(False).to_numpy()] = True
         out[low.isin(_FALSE).fillna(False).to_numpy()] = False
         return out, present & out.isna().to_numpy()
-    # strings
-    return s.astype("string"), np.zeros(len(s), dtype=bool)
+    # strings; a cell that is not valid Unicode (a lone surrogate from a "\ud800" JSON escape) cannot be
+    # stored: it fails coercion, so its row goes to the quarantine (JSON-escaped there) instead of crashing
+    try:
+        return s.astype("string"), np.zeros(len(s), dtype=bool)
+    except UnicodeEncodeError:
+        bad = s.map(lambda v: isinstance(v, str) and not _encodable(v)).to_numpy(dtype=bool)
+        return s.mask(bad).astype("string"), bad
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _fast_failures(df: pd.DataFrame, schema) -> tuple[dict[str, np.ndarray], list[str], pd.DataFrame]:
@@ -194,7 +207,11 @@ def _quarantine(df, qidx, fails, labels, reject_reason, table, sources, rows) ->
         for j in np.flatnonzero(fails[k][qidx]):
             reasons[j].append(k)
     # one C-level JSON encoding for all rejected rows (NaN -> null), split into one string per row
-    orig = df.iloc[qidx].to_json(orient="records", lines=True, double_precision=15).splitlines()
+    rejected = df.iloc[qidx]
+    try:
+        orig = rejected.to_json(orient="records", lines=True, double_precision=15).splitlines()
+    except UnicodeEncodeError:  # a cell that is not valid Unicode: Python's JSON escapes it (\\udXXXX)
+        orig = [json_values(r) for r in rejected.to_dict("records")]
     return quarantine_frame({
         "source": [str(x) for x in sources[qidx]], "table": table, "row": [int(x) for x in rows[qidx]],
         "line": None, "failed_checks": ["; ".join(r) for r in reasons], "values": orig,
