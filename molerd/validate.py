@@ -373,6 +373,9 @@ def validate_inputs(
         "tables": counts,
         "file_errors": [{"file": f, "message": m} for f, m in file_errors],
         "inputs": [r.source for r in results],
+        # what each adapter noted about an input (batch membership rebuilt or not, which clock arrivals use)
+        "notes": {r.source: {k: v for t in (r.steps, r.requests) if t is not None for k, v in t.attrs.items()}
+                  for r in results if any(t is not None and t.attrs for t in (r.steps, r.requests))},
         "engine": engine,
     }
     (out_dir / "validation_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -193,3 +193,12 @@ def test_engine_settings_feed_scope(tmp_path):
     (run / "engine_settings.json").write_text(json.dumps(settings))
     steps, _ = read_otel(run / "traces.json")
     assert set(steps["trace_id"]) == {"myrun"} and set(steps["prefix_caching"]) == {True}
+
+
+def test_adapter_notes_reach_the_validation_report(tmp_path):
+    from molerd.validate import validate_inputs
+
+    report = validate_inputs([FIX / "otel_run"], tmp_path / "out")
+    (note,) = report["notes"].values()
+    assert note["membership_rebuilt"] + note["membership_unknown"] == report["tables"]["steps"]["total"]
+    assert "arrival" in note["arrival_clock"]

@@ -141,7 +141,9 @@ def add_scope(df: pd.DataFrame, scope: dict) -> pd.DataFrame:
         else:
             cols[c] = pd.Series([v] * n, dtype="object" if isinstance(v, (str, bool)) else None)
     head = pd.DataFrame(cols, index=df.index)
-    return pd.concat([head, df], axis=1)
+    out = pd.concat([head, df], axis=1)
+    out.attrs = dict(df.attrs)  # the adapter's notes (e.g. how much batch membership could be rebuilt)
+    return out
 
 
 def join_engine_state(
