@@ -107,3 +107,13 @@ def test_training_fan_out_on_a_local_dask_cluster_gives_identical_coefficients(f
     assert out[0]["hardware"] == "H100"
     for name in ("model.json", "train_report.json", "predictions.parquet"):
         assert (tmp_path / "models" / "H100" / name).read_bytes() == (layout.model_dir("H100") / name).read_bytes(), name
+
+
+def test_the_scheduled_deployment_follows_params():
+    from flows.deploy import deployment
+
+    params = pipeline.load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    dep = deployment(params)
+    assert dep.name == params["schedule"]["name"]
+    assert [s.schedule.cron for s in dep.schedules] == [params["schedule"]["cron"]]
+    assert dep.parameters["incoming"] == params["schedule"]["incoming"]
