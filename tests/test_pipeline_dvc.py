@@ -71,11 +71,12 @@ def test_first_repro_runs_every_stage_and_publishes_a_release(project):
     assert max(j["max_jump_hard_pct"] for j in jumps) > 5 * max(j["max_jump_soft_pct"] for j in jumps)
     page = (rdir / "report" / "index.html").read_text(encoding="utf-8")
     assert 'id="boundary-jumps"' in page
-    # thin regimes of the small preset fall back to the global expert: the report says so, with the reason
+    # every regime that did not get its own expert is a warning in the report, with its reason, and no other
     notes = json.loads((rdir / "eval" / "model_notes.json").read_text())
-    fallbacks = [n for n in notes if n["kind"].startswith("regime ")]
-    assert fallbacks and all("min_rows" in n["detail"] or "gated rows" in n["detail"] for n in fallbacks)
-    assert 'id="model-notes"' in page and html.escape(fallbacks[0]["detail"]) in page
+    in_spec = {(t, r) for t in ("beta", "alpha") for r, e in doc["scopes"][0][t]["experts"].items() if e["source"] != "own"}
+    in_notes = {(n["target"], n["kind"].split()[1].rstrip(":")) for n in notes if n["kind"].startswith("regime ")}
+    assert in_spec == in_notes
+    assert 'id="model-notes"' in page and all(html.escape(n["detail"]) in page for n in notes)
 
 
 def test_the_go_evaluator_reproduces_the_pipelines_release(project):

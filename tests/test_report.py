@@ -413,3 +413,24 @@ def test_gate_per_regime_nested_by_target():
                                       "low_load": {"candidate": {"mape": 1.0}}})
     assert flat == {"beta/saturation": {"candidate": 3.0, "champion": {"mape": 4.0}},
                     "low_load": {"candidate": {"mape": 1.0}}}
+
+
+def test_training_warnings_are_listed(tmp_path):
+    eval_dir = make_eval_dir(tmp_path / "e", n=40, with_optional=False)
+    (eval_dir / "predictions.parquet").unlink()
+    notes = [{"scope": "H100/m/tp1", "target": "beta", "kind": "regime saturation: global",
+              "detail": "3 rows < min_rows=50: uses the global expert"},
+             {"scope": "H100/m/tp1", "target": "alpha", "kind": "feature kv_fragmentation dropped",
+              "detail": "the traces carry no kv_fragmentation_ratio"}]
+    (eval_dir / "model_notes.json").write_text(json.dumps(notes))
+    index = rep.build_report(eval_dir, tmp_path / "r")
+    page = _Page()
+    page.feed(index.read_text(encoding="utf-8"))
+    rows = page.tables["model-notes"]["rows"]
+    assert [r[2] for r in rows] == [n["kind"] for n in notes] and rows[0][3] == notes[0]["detail"]
+    assert "3 rows &lt; min_rows=50" in index.read_text(encoding="utf-8")
+    md = _md_tables((tmp_path / "r" / "report.md").read_text(encoding="utf-8"))
+    assert len(md["model-notes"]["rows"]) == 2
+    (eval_dir / "model_notes.json").write_text("[]")
+    text = rep.build_report(eval_dir, tmp_path / "r2").read_text(encoding="utf-8")
+    assert "Every regime of every scope has its own expert" in text

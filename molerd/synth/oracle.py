@@ -20,6 +20,7 @@ Where this departs from real vLLM (documented, deliberate):
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -281,6 +282,27 @@ class StepOracle:
             rows[:, j] = _interp_extrap_linear(np.maximum(b, 1.0), batches, grid[:, j])
         rows[0] = 0.0
         self._gen_rows = rows
+        self._gen_rows_list = rows.tolist()  # per-step hot path: plain floats, no numpy call per step
+        self._gen_ctx_list = self._gen_ctx.tolist()
+
+    def _gen_attention_scalar(self, batch: int, x: float) -> float:
+        """:meth:`generation_attention_us` for one mean context: ``np.interp``'s arithmetic on plain floats
+        (same operations in the same order, so the same bits) without numpy's per-call overhead."""
+        xp, fp = self._gen_ctx_list, self._gen_rows_list[batch]
+        if x > xp[-1]:
+            return fp[-1] * x / xp[-1]
+        j = bisect_right(xp, x) - 1  # xp[j] <= x < xp[j + 1]
+        if j < 0:
+            return fp[0]
+        if j == len(xp) - 1 or xp[j] == x:
+            return fp[j]
+        slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])
+        y = slope * (x - xp[j]) + fp[j]
+        if y != y:  # NaN: numpy retries from the right end, then falls back to a flat segment
+            y = slope * (x - xp[j + 1]) + fp[j + 1]
+            if y != y and fp[j] == fp[j + 1]:
+                y = fp[j]
+        return y
 
     def generation_attention_us(self, batch: int, mean_context: np.ndarray) -> np.ndarray:
         """Decode attention of ``batch`` sequences whose mean context is ``mean_context`` tokens."""
@@ -297,6 +319,11 @@ class StepOracle:
         sc = np.asarray(sum_context, np.float64)
         return self.linear_us[batch] + self.head_us[batch] + self.generation_attention_us(batch, sc / max(batch, 1))
 
+    def decode_step_scalar(self, batch: int, sum_context: float) -> float:
+        """:meth:`decode_step_us` for one step (hot path of the decode segments; same arithmetic and bits)."""
+        attn = self._gen_attention_scalar(batch, sum_context / batch) if batch > 0 else 0.0
+        return self._linear_list[batch] + self._head_list[batch] + attn
+
     def step_us(self, prefill_chunks, prefill_prior, num_decode: int, sum_decode_context: float, num_sampled: int) -> float:
         """One general step: prefill chunks (tokens, with prior context) plus ``num_decode`` decoding sequences."""
         chunks = [int(x) for x in prefill_chunks]
@@ -306,10 +333,7 @@ class StepOracle:
         for ch, pr in zip(chunks, priors):
             t += self.context_attention_scalar(ch, pr)
         if num_decode:
-            row = self._gen_rows[num_decode]
-            x = sum_decode_context / num_decode
-            xp = self._gen_ctx
-            t += float(np.interp(x, xp, row)) if x <= xp[-1] else float(row[-1] * x / xp[-1])
+            t += self._gen_attention_scalar(num_decode, sum_decode_context / num_decode)
         return float(t)
 
     def roofline_scalar(self, tokens: int, sum_decode_context: float, num_seqs: int) -> float:
