@@ -416,8 +416,13 @@ def transition_sweep(est, rows: pd.DataFrame, target: str, n_grid: int = 101) ->
     """Prediction along kv_usage_ratio and prefill_ratio (beta) sweeps, hard vs soft gate, for the report."""
     from molerd.regimes import _set_gate_input
 
-    base = rows.iloc[[len(rows) // 2]].reset_index(drop=True)
     axes = {"kv_usage_ratio": np.linspace(0.5, 1.0, n_grid)}
+    if target == "alpha":
+        # the KV-pressure rule only decides for a queued request that is not low-load: sweep such a row
+        queued = rows[rows["waiting_depth"].to_numpy(dtype="float64", na_value=np.nan) >
+                      est.detector_.to_spec().get("thresholds", {}).get("low_load_max_queue_depth", 2) + 2]
+        rows = queued if len(queued) else rows
+    base = rows.iloc[[len(rows) // 2]].reset_index(drop=True)
     if target == "beta":
         axes["prefill_ratio"] = np.linspace(0.0, 1.0, n_grid)
         base = _set_gate_input(base, "prefill_ratio", 0.5)
