@@ -37,7 +37,7 @@ KNOWN_REGIMES = (
 #: The models compared in the report, in display order, with their labels.
 MODEL_LABELS = {
     "candidate": "MoLE-RD (candidate)",
-    "champion": "champion (current release, or the blackbox before the first)",
+    "champion": "champion (current release)",
     "blis_block": "BLIS block (trained-physics betas)",
     "blackbox": "BLIS blackbox (3 betas / 2 alphas)",
     "union_ridge": "single ridge on all features",

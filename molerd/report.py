@@ -706,7 +706,8 @@ def build_report(
     doc.p("Units: microseconds (µs). MAPE, median and p90 absolute percentage error in percent, each row's "
           "error taken against max(measured, floor)." + floor_text + " "
           "beta = one engine step's duration; alpha = the seed's queueing delay (scheduled − queued). "
-          "Models: " + "; ".join(f"{m} = {plots.model_label(m)}" for m in all_models) + ".")
+          "Models: " + "; ".join(f"{m} = {plots.model_label(m)}" for m in all_models) + ". Before the first "
+          "release the champion is the BLIS blackbox baseline.")
     notes_at = len(doc.blocks)  # notes are inserted here at the end, once every section has added its own
 
     _gate_section(doc, inputs, img_dir)
@@ -863,7 +864,7 @@ def _scatter_sections(doc: _Doc, inputs: EvalInputs, targets: Sequence[str], img
 
     doc.h(2, "Residuals against engine state", "residuals")
     for target, label, shown, models in residual_blocks:
-        axes = [a for a in STATE_AXES if a in shown.columns]
+        axes = [a for a in STATE_AXES if a in shown.columns and shown[a].notna().any()]  # alpha: no prefill ratio
         res_models = [m for m in ("candidate", "champion") if m in models] or models[:1]
         if not axes:
             doc.p(f"{label}: predictions.parquet has none of the state columns {list(STATE_AXES)}.")
