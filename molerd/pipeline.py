@@ -320,8 +320,12 @@ def _targets(df: pd.DataFrame, target: str, alpha_kind: str) -> np.ndarray:
     return target_values(df, target, alpha_kind)
 
 
-def _usable(y: np.ndarray) -> np.ndarray:
-    return np.isfinite(y) & (y > 0)
+def _usable_rows(df: pd.DataFrame, target: str, alpha_kind: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of ``df`` whose ``target`` value is finite and > 0 (what every model fits and is scored on),
+    and those values."""
+    y = _targets(df, target, alpha_kind)
+    ok = np.isfinite(y) & (y > 0)
+    return df.loc[ok].reset_index(drop=True), y[ok]
 
 
 def _scopes(df: pd.DataFrame) -> list[tuple[str, str, int]]:
@@ -464,9 +468,7 @@ def gate_jumps(est, rows: pd.DataFrame, n_rows: int = 25, seed: int = 0) -> list
 def _fit_target(params: dict, target: str, train: pd.DataFrame, test: pd.DataFrame, kind: str,
                 with_baselines: bool) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None, dict]:
     """Fit the candidate (and baselines) for one scope and target; predictions for its test rows."""
-    y = _targets(train, target, kind)
-    ok = _usable(y)
-    tr = train.loc[ok].reset_index(drop=True)
+    tr, ytr = _usable_rows(train, target, kind)
     w = tr["sample_weight"].to_numpy(dtype="float64") if "sample_weight" in tr else None
     models = build_models(params, target, kind if target == "alpha" else None)
     if not with_baselines:
@@ -476,22 +478,20 @@ def _fit_target(params: dict, target: str, train: pd.DataFrame, test: pd.DataFra
             if det != models["candidate"].detector:
                 models[f"detector_{det}"] = clone(models["candidate"]).set_params(detector=det)
     for m in models.values():
-        m.fit(tr, y[ok], sample_weight=w)
+        m.fit(tr, ytr, sample_weight=w)
     cand = models["candidate"]
-    info = {"alpha_target": kind if target == "alpha" else None, "train_rows": int(ok.sum()),
-            "dropped_rows": int((~ok).sum()), "detector": cand.detector,
+    info = {"alpha_target": kind if target == "alpha" else None, "train_rows": len(tr),
+            "dropped_rows": len(train) - len(tr), "detector": cand.detector,
             "regimes": cand.regime_report_.to_dict(orient="records"),
             "dropped_features": dict(cand.dropped_features_),
             "detectors": {name[len("detector_"):]: _detector_info(m) for name, m in models.items()
                           if name.startswith("detector_")}}
     if len(test) == 0:
         return cand.to_spec(), None, None, info
-    yte = _targets(test, target, kind)
-    okte = _usable(yte)
-    te = test.loc[okte].reset_index(drop=True)
+    te, yte = _usable_rows(test, target, kind)
     if len(te) == 0:
         return cand.to_spec(), None, None, info
-    pf = _prediction_frame(te, target, yte[okte])
+    pf = _prediction_frame(te, target, yte)
     for name, m in models.items():
         pf[f"pred_{name}"] = m.predict(te)
     from molerd.evaluate import summarize
@@ -527,11 +527,10 @@ def train(params: dict, hardware: str, labelled_dir: Path, balanced_dir: Path, o
         rq_tr, rq_te = (_in_scope(t, scope) for t in tables["alpha"])
         try:
             entry["beta"], pf, sw, rep["beta"] = _fit_target(params, "beta", st_tr, st_te, "", True)
-            block = fit_blis_block(st_tr[_usable(_targets(st_tr, "beta", ""))], rq_tr)
+            block = fit_blis_block(_usable_rows(st_tr, "beta", "")[0], rq_tr)
             entry["blis"] = block.to_dict()
-            if pf is not None:
-                te = st_te[_usable(_targets(st_te, "beta", ""))].reset_index(drop=True)
-                pf["pred_blis_block"] = predict_step_time(block, te)
+            if pf is not None:  # the same held-out rows as the candidate's, in the same order
+                pf["pred_blis_block"] = predict_step_time(block, _usable_rows(st_te, "beta", "")[0])
                 preds.append(pf)
                 sweeps.append(sw.assign(scope=sname))
         except ValueError as exc:  # too few rows for this scope: reported, never silently dropped
@@ -569,9 +568,7 @@ def metrics_summary(pred: pd.DataFrame, floors: dict[str, float] | None = None) 
     overall, per regime and per scope (``<hardware>/<model>/tp<k>``), with the target's APE floor."""
     from molerd.evaluate import summarize
 
-    floor = 1.0
-
-    def block(df: pd.DataFrame) -> dict:
+    def block(df: pd.DataFrame, floor: float) -> dict:
         out = {}
         for col in [c for c in df.columns if c.startswith("pred_")]:
             p = df[col].to_numpy(dtype="float64", na_value=np.nan)
@@ -590,9 +587,9 @@ def metrics_summary(pred: pd.DataFrame, floors: dict[str, float] | None = None) 
         scope = df["hardware"] + "/" + df["model"] + "/tp" + df["tp"].astype(str)
         metrics[target] = {
             "ape_floor_us": floor,
-            "overall": block(df),
-            "per_regime": {r: block(g) for r, g in df.groupby("regime", sort=True)},
-            "per_scope": {s: block(g) for s, g in df.groupby(scope, sort=True)},
+            "overall": block(df, floor),
+            "per_regime": {r: block(g, floor) for r, g in df.groupby("regime", sort=True)},
+            "per_scope": {s: block(g, floor) for s, g in df.groupby(scope, sort=True)},
         }
     return metrics
 
@@ -625,6 +622,17 @@ def current_champion(layout: Layout):
     return load(layout.releases / version)
 
 
+def release_predict(rel, target: str, scope: tuple, rows: pd.DataFrame) -> np.ndarray | None:
+    """Predictions of release ``rel`` for ``rows`` of one (hardware, model, tp) scope through the reference
+    predictor (from the release file alone), or None when the release has no ``target`` model for it."""
+    key = (str(scope[0]), str(scope[1]), int(scope[2]))
+    if key not in rel.scopes or rel.scopes[key].get(target) is None:
+        return None
+    model = rel.model(target, key)
+    numeric = rows[[c for c in model.raw_inputs if c in rows.columns]].astype("float64")
+    return model.predict(numeric, numeric).value
+
+
 def champion_predictions(layout: Layout, pred: pd.DataFrame) -> tuple[np.ndarray, dict]:
     """Predictions of the current release on the held-out rows, through the reference predictor, from the
     release file alone. Scopes the release does not cover (and every scope when there is no release yet) use
@@ -639,17 +647,14 @@ def champion_predictions(layout: Layout, pred: pd.DataFrame) -> tuple[np.ndarray
             continue
         raw = _test_rows(layout, target).set_index(["trace_id", "row_key"])
         for scope, idx in pred[sel_t].groupby(["hardware", "model", "tp"], sort=True).groups.items():
-            key = (str(scope[0]), str(scope[1]), int(scope[2]))
-            name = scope_name(key)
-            if rel is None or key not in rel.scopes or rel.scopes[key].get(target) is None:
+            name = scope_name((str(scope[0]), str(scope[1]), int(scope[2])))
+            rows = pred.loc[idx]
+            p = None if rel is None else release_predict(
+                rel, target, scope, raw.loc[list(zip(rows["trace_id"], rows["row_key"]))].reset_index())
+            if p is None:
                 info["scopes_from_blackbox"].append(f"{target}:{name}")
                 continue
-            rows = pred.loc[idx]
-            r = raw.loc[list(zip(rows["trace_id"], rows["row_key"]))].reset_index()
-            model = rel.model(target, key)
-            numeric = r[[c for c in model.raw_inputs if c in r.columns]].astype("float64")
-            pos = pred.index.get_indexer(idx)
-            out[pos] = model.predict(numeric, numeric).value
+            out[pred.index.get_indexer(idx)] = p
             info["scopes_from_release"].append(f"{target}:{name}")
     return out, info
 
@@ -794,11 +799,9 @@ def drift(params: dict, layout: Layout, batch_dir: Path) -> dict:
     if rel is not None and len(batch):
         y, p = [], []
         for scope, g in batch.groupby(["hardware", "model", "tp"], sort=True):
-            key = (str(scope[0]), str(scope[1]), int(scope[2]))
-            if key in rel.scopes and rel.scopes[key].get("beta") is not None:
-                m = rel.model("beta", key)
-                num = g[[c for c in m.raw_inputs if c in g.columns]].astype("float64")
-                p.append(m.predict(num, num).value)
+            pg = release_predict(rel, "beta", scope, g)
+            if pg is not None:
+                p.append(pg)
                 y.append(g["step_duration_us"].to_numpy(dtype="float64"))
         if y:
             current = 100.0 * summarize(np.concatenate(y), np.concatenate(p), floor_for(params, "beta"))["mape"]

@@ -66,28 +66,27 @@ _INPUT_FILES = {
 
 
 # ----------------------------------------------------------------------------------------------- formatting
-def fmt(value: Any, decimals: int = 2) -> str:
-    """The one number format of the report: fixed ``decimals``; missing/non-finite values print as ``—``."""
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing, a boolean, not a number, NaN or infinite)."""
     if value is None or isinstance(value, bool):
-        return MISSING
+        return None
     try:
         v = float(value)
     except (TypeError, ValueError):
-        return MISSING
-    if not math.isfinite(v):
-        return MISSING
-    return f"{v:.{decimals}f}"
+        return None
+    return v if math.isfinite(v) else None
+
+
+def fmt(value: Any, decimals: int = 2) -> str:
+    """The one number format of the report: fixed ``decimals``; missing/non-finite values print as ``—``."""
+    v = _finite(value)
+    return MISSING if v is None else f"{v:.{decimals}f}"
 
 
 def fmt_count(value: Any) -> str:
     """Counts (``n``, rows) as integers; missing prints as ``—``."""
-    if value is None or isinstance(value, bool):
-        return MISSING
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return MISSING
-    return str(int(round(v))) if math.isfinite(v) else MISSING
+    v = _finite(value)
+    return MISSING if v is None else str(int(round(v)))
 
 
 # ----------------------------------------------------------------------------------------------- reading

@@ -69,3 +69,15 @@ def make_project(dest: Path, params: dict) -> Path:
 
 def dvc(args: list[str], repo: Path, check: bool = True) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], repo, check)
+
+
+def synth_batch(dest: Path, params: dict, seed: int, scenarios: list[str] | None = None) -> Path:
+    """A new batch of runs in ``dest``: the params' synth preset (only ``scenarios`` when given), another seed."""
+    from molerd.synth import synthesize
+    from molerd.synth.dataset import config_from_section
+
+    config = config_from_section(params["synth"])
+    if scenarios:
+        config["scenarios"] = [s for s in config["scenarios"] if s["name"] in scenarios]
+    synthesize(config, dest, seed=seed)
+    return dest

@@ -11,9 +11,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from molerd import pipeline, registry
-from molerd.synth import synthesize
-from molerd.synth.dataset import config_from_section
-from pipeline_project import make_project, small_params
+from pipeline_project import make_project, small_params, synth_batch
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +31,6 @@ def flow_project(tmp_path_factory, harness):
     repo = make_project(tmp_path_factory.mktemp("flowproj"), params)
     first = retrain(root=str(repo), synthesize_default=True)
     return repo, params, first
-
-
-def _batch(tmp: Path, params: dict, seed: int, scenarios: list[str] | None = None) -> Path:
-    config = config_from_section(params["synth"])
-    if scenarios:
-        config["scenarios"] = [s for s in config["scenarios"] if s["name"] in scenarios]
-    synthesize(config, tmp, seed=seed)
-    return tmp
 
 
 def test_flow_run_trains_per_hardware_gates_and_releases(flow_project):
@@ -73,7 +63,7 @@ def test_same_mix_batch_needs_no_retrain(flow_project, tmp_path):
 
     repo, params, _ = flow_project
     incoming = tmp_path / "incoming"  # what the scheduled deployment watches: one sub-folder per batch
-    _batch(incoming / "batch-same", params, seed=777)
+    synth_batch(incoming / "batch-same", params, seed=777)
     summary = retrain(root=str(repo), incoming=str(incoming))
     assert summary["decision"] == "no retrain needed", summary["drift"]["reasons"]
     assert not summary["drift"]["retrain_needed"] and list(summary["drift"]["batches"]) == ["batch-same"]
@@ -86,7 +76,7 @@ def test_same_mix_batch_needs_no_retrain(flow_project, tmp_path):
 
 def test_batch_from_a_different_load_mix_is_flagged(flow_project, tmp_path):
     repo, params, _ = flow_project
-    batch = _batch(tmp_path / "batch-overload", params, seed=778, scenarios=["overload", "kv_pressure", "saturation"])
+    batch = synth_batch(tmp_path / "batch-overload", params, seed=778, scenarios=["overload", "kv_pressure", "saturation"])
     rep = pipeline.drift(params, pipeline.Layout(repo), batch)
     assert rep["retrain_needed"], rep
     doc = json.loads((repo / "data" / "drift" / "batch-overload.json").read_text())

@@ -17,7 +17,7 @@ import yaml
 
 from molerd import registry
 from molerd.release import check_golden, load
-from pipeline_project import dvc, make_project, run, small_params
+from pipeline_project import dvc, make_project, run, small_params, synth_batch
 from release_helpers import go_test_golden
 
 pytestmark = pytest.mark.slow
@@ -137,14 +137,9 @@ def test_changing_a_training_param_reruns_training_and_what_follows_only(project
 
 
 def test_a_new_trace_batch_added_with_dvc_reruns_from_validation_and_pushes(project, tmp_path):
-    from molerd.synth import synthesize
-    from molerd.synth.dataset import config_from_section
-
     repo, _ = project
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    config = config_from_section(params["synth"])
-    config["scenarios"] = [s for s in config["scenarios"] if s["name"] in ("light", "mixed")]
-    synthesize(config, repo / "data" / "raw" / "batch-2", seed=4242)
+    synth_batch(repo / "data" / "raw" / "batch-2", params, seed=4242, scenarios=["light", "mixed"])
     dvc(["add", "data/raw/batch-2"], repo)
     assert (repo / "data" / "raw" / "batch-2.dvc").is_file()
     out = dvc(["repro"], repo).stdout
